@@ -1,0 +1,101 @@
+"""Pure array and image operations shared by the writer and by inference.
+
+fold/unfold (the ai8x channel order), Pillow resizing, HWC -> CHW, the lossless
+conversion of ai8x-normalized floats back to uint8, and the stable split hash. No I/O:
+every function takes arrays or images and returns new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+
+class OffGridError(ValueError):
+    """Float input that is not exactly on the ai8x normalization grid."""
+
+
+def fold(x: np.ndarray, r: int) -> np.ndarray:
+    """Fold a CHW array with ratio ``r`` into (C*r*r, H/r, W/r), ai8x channel order.
+
+    Output channel ``(i*r + j)*C + c`` holds ``x[c, i::r, j::r]``; r = 1 is the identity.
+    """
+    if r == 1:
+        return x
+    c, h, w = x.shape
+    if h % r or w % r:
+        raise ValueError(f"cannot fold {h}x{w} by {r}: both sides must divide by {r}")
+    y = x.reshape(c, h // r, r, w // r, r).transpose(2, 4, 0, 1, 3)
+    return np.ascontiguousarray(y.reshape(r * r * c, h // r, w // r))
+
+
+def unfold(x: np.ndarray, r: int) -> np.ndarray:
+    """Exact inverse of :func:`fold`: (C*r*r, h, w) -> (C, h*r, w*r)."""
+    if r == 1:
+        return x
+    cr, h, w = x.shape
+    if cr % (r * r):
+        raise ValueError(f"cannot unfold {cr} channels by {r}: not a multiple of {r * r}")
+    c = cr // (r * r)
+    y = x.reshape(r, r, c, h, w).transpose(2, 3, 0, 4, 1)
+    return np.ascontiguousarray(y.reshape(c, h * r, w * r))
+
+
+def hwc_to_chw(x: np.ndarray) -> np.ndarray:
+    """HxW (grey) or HxWxC array -> contiguous CxHxW."""
+    if x.ndim == 2:
+        return np.ascontiguousarray(x[None])
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Pillow's default ``Image.resize`` filter (as the reference loaders use); size is (W, H)."""
+    if image.size == tuple(size):
+        return image
+    return image.resize(tuple(size))
+
+
+def image_to_chw(image: Image.Image, mode: str, size: tuple[int, int] | None, fold_ratio: int = 1) -> np.ndarray:
+    """Convert to ``mode``, resize (if ``size``), to uint8 CHW, fold: the model's layout."""
+    if image.mode != mode:
+        image = image.convert(mode)
+    if size is not None:
+        image = resize(image, size)
+    return fold(hwc_to_chw(np.asarray(image, dtype=np.uint8)), fold_ratio)
+
+
+def float_to_uint8(x: np.ndarray, input_range: str = "auto", where: str = "input") -> np.ndarray:
+    """Losslessly turn ai8x-normalized floats back into the uint8 pixels they came from.
+
+    ``input_range``: ``"unit"`` means values ``(p - 128) / 128`` (training range),
+    ``"8bit"`` means ``p - 128`` (``act_mode_8bit``), ``"auto"`` picks 8bit when any
+    value lies outside [-1, 127/128] and unit otherwise. Raises :class:`OffGridError`
+    naming ``where`` and the first offending value when a value is not on the grid.
+    """
+    v = np.asarray(x, dtype=np.float64)
+    if input_range == "auto":
+        input_range = "8bit" if v.size and (v.max() > 127 / 128 or v.min() < -1) else "unit"
+    if input_range == "unit":
+        v = v * 128
+    elif input_range != "8bit":
+        raise ValueError(f"input_range must be auto, unit or 8bit, not {input_range!r}")
+    bad = (v != np.round(v)) | (v < -128) | (v > 127)
+    if bad.any():
+        pos = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise OffGridError(
+            f"{where}: value {np.asarray(x)[pos]!r} at {pos} is not on the ai8x {input_range} grid "
+            "(expected pixel/256 normalized as round((x-0.5)*256), optionally /128)"
+        )
+    return (v + 128).astype(np.uint8)
+
+
+def split_of(name: str, test_fraction: float, val_fraction: float = 0.0) -> str:
+    """Stable split assignment by name: sha256, not Python's salted ``hash()``."""
+    u = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
