@@ -7,8 +7,9 @@ lives in :mod:`shardwriter.format` and ``docs/FORMAT.md``.
 
 __version__ = "0.1.0"
 
+from .errors import BadInput, PackError  # noqa: E402
 from .format import FormatError  # noqa: E402
-from .pack import PackError, pack  # noqa: E402
+from .pack import pack  # noqa: E402
 from .writer import ShardWriter  # noqa: E402
 
-__all__ = ["FormatError", "PackError", "ShardWriter", "pack", "__version__"]
+__all__ = ["BadInput", "FormatError", "PackError", "ShardWriter", "pack", "__version__"]

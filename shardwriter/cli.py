@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import PackError
 from .format import FormatError
-from .pack import PackError, pack
-from .sources.base import BadInput
+from .pack import pack
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (PackError, FormatError, BadInput) as exc:
+    except (PackError, FormatError, OSError) as exc:
         print(f"ai8x-shards: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

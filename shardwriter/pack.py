@@ -23,14 +23,11 @@ import numpy as np
 
 from . import __version__
 from . import format as fmt
-from .sources.base import BadInput, OutputSpec, Sample, Source
+from .errors import BadInput, PackError
+from .sources.base import OutputSpec, Sample, Source
 from .writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, ShardInfo, ShardWriter, write_atomic
 
 JOB_FILE = ".ai8x-shards-job.json"
-
-
-class PackError(RuntimeError):
-    """Packing stopped: bad input (without ``skip_bad``) or an output folder in the way."""
 
 
 @dataclass

@@ -66,13 +66,13 @@ def image_to_chw(image: Image.Image, mode: str, size: tuple[int, int] | None, fo
     return fold(hwc_to_chw(np.asarray(image, dtype=np.uint8)), fold_ratio)
 
 
-def float_to_uint8(x: np.ndarray, input_range: str = "auto", where: str = "input") -> np.ndarray:
+def float_to_uint8(x: np.ndarray, input_range: str = "auto") -> np.ndarray:
     """Losslessly turn ai8x-normalized floats back into the uint8 pixels they came from.
 
     ``input_range``: ``"unit"`` means values ``(p - 128) / 128`` (training range),
     ``"8bit"`` means ``p - 128`` (``act_mode_8bit``), ``"auto"`` picks 8bit when any
     value lies outside [-1, 127/128] and unit otherwise. Raises :class:`OffGridError`
-    naming ``where`` and the first offending value when a value is not on the grid.
+    naming the first offending value and its position when a value is not on the grid.
     """
     v = np.asarray(x, dtype=np.float64)
     if input_range == "auto":
@@ -85,7 +85,7 @@ def float_to_uint8(x: np.ndarray, input_range: str = "auto", where: str = "input
     if bad.any():
         pos = tuple(int(i) for i in np.argwhere(bad)[0])
         raise OffGridError(
-            f"{where}: value {np.asarray(x)[pos]!r} at {pos} is not on the ai8x {input_range} grid "
+            f"value {float(np.asarray(x)[pos])!r} at {pos} is not on the ai8x {input_range} grid "
             "(expected pixel/256 normalized as round((x-0.5)*256), optionally /128)"
         )
     return (v + 128).astype(np.uint8)

@@ -17,15 +17,9 @@ from typing import Any
 import numpy as np
 
 from .. import format as fmt
+from ..errors import BadInput
 
-
-class BadInput(Exception):
-    """One input item cannot be packed; ``name`` identifies it (a file, an index)."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: {reason}")
-        self.name = name
-        self.reason = reason
+__all__ = ["BadInput", "OutputSpec", "Sample", "Source"]
 
 
 @dataclass(frozen=True)

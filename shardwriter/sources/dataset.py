@@ -109,7 +109,7 @@ class DatasetSource(Source):
             if x.dtype.kind != "f":
                 raise BadInput(name, f"input dtype {x.dtype}; expected uint8 or ai8x-normalized floats")
             try:
-                x = float_to_uint8(x, self.input_range, name)
+                x = float_to_uint8(x, self.input_range)
             except OffGridError as exc:
                 raise BadInput(name, str(exc)) from None
         y = _to_numpy(y)

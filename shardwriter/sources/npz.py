@@ -117,7 +117,7 @@ class NpzSource(Source):
             if xi.dtype.kind != "f":
                 raise BadInput(name, f"x has dtype {xi.dtype}; expected uint8 or ai8x-normalized floats")
             try:
-                xi = float_to_uint8(xi, self.input_range, name)
+                xi = float_to_uint8(xi, self.input_range)
             except OffGridError as exc:
                 raise BadInput(name, str(exc)) from None
         if xi.ndim == 3:
