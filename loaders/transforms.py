@@ -12,10 +12,11 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 
 from shardwriter.preprocess import fold, unfold
 
-__all__ = ["fold", "unfold", "normalize", "normalize_np", "reference_normalize", "fold_torch", "unfold_torch"]
+__all__ = ["fold", "unfold", "normalize", "normalize_np", "reference_normalize", "fold_torch", "unfold_torch", "prepare_image"]
 
 T = TypeVar("T", np.ndarray, torch.Tensor)
 
@@ -70,3 +71,35 @@ def unfold_torch(x: torch.Tensor, r: int) -> torch.Tensor:
     k = len(n)
     y = x.reshape(*n, r, r, c, h, w).permute(*range(k), k + 2, k + 3, k, k + 4, k + 1)
     return y.reshape(*n, c, h * r, w * r)
+
+
+AISEGMENT_VARIANTS = {80: (80, 1), 352: (352, 4)}
+
+
+def prepare_image(
+    image: Image.Image | np.ndarray | str,
+    variant: int | str = 352,
+    *,
+    act_mode_8bit: bool = False,
+    size: int | None = None,
+    fold_ratio: int | None = None,
+) -> torch.Tensor:
+    """Turn any image into a model input batch of one: ``(1, C*r*r, S/r, S/r)`` float32.
+
+    Any Pillow mode becomes RGB, is resized to S x S with Pillow's default filter, laid
+    out CHW, folded and normalized, through the same code the writer uses, so training
+    and inference cannot drift. ``variant`` is 80 or 352 (or ``"AISegment_352"``);
+    ``size`` / ``fold_ratio`` override it for other models.
+    """
+    from shardwriter.preprocess import image_to_chw
+
+    if isinstance(image, str):
+        with Image.open(image) as im:
+            image = im.copy()
+    elif isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    key = int(str(variant).rsplit("_", 1)[-1])
+    s, r = AISEGMENT_VARIANTS.get(key, (key, 1))
+    s, r = size or s, fold_ratio or r
+    x = image_to_chw(image, "RGB", (s, s), r)
+    return normalize(x, act_mode_8bit).unsqueeze(0)

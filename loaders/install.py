@@ -1,0 +1,124 @@
+"""``ai8x-shards install-ai8x``: put a shim module into an ai8x-training checkout.
+
+The shim (``datasets/ai8x_shards.py``) holds its entries as literals and imports this
+package only inside the loader functions, so it imports cleanly even where ai8x-shards
+is not installed (train.py imports every module in ``datasets/``; one failing import
+kills every run). Installing is idempotent; ``--add NAME=DIR`` entries are merged with
+those already installed; ``uninstall`` removes only a file this command wrote.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import pprint
+from pathlib import Path
+from typing import Any
+
+SHIM_NAME = "ai8x_shards.py"
+MARKER = "# ai8x-shards shim v1"
+
+DEFAULT_ENTRIES: list[dict[str, Any]] = [
+    {"name": "AISegment_80_shards", "input": (3, 80, 80), "output": (0, 1), "sub": "AISegment_80"},
+    {"name": "AISegment_352_shards", "input": (48, 88, 88), "output": (0, 1), "fold_ratio": 4, "sub": "AISegment_352"},
+]
+
+SHIM = '''"""ai8x-shards datasets for train.py, installed by `ai8x-shards install-ai8x`.
+
+Do not edit: re-run that command to change the entries, or `--uninstall` to remove this
+file. Importing this module never fails: if the ai8x-shards package is missing, using one
+of these datasets raises an error that says how to install it.
+"""
+{marker}
+ENTRIES = {entries}
+
+
+def _make_loader(sub):
+    def loader(data, load_train=True, load_test=True):
+        try:
+            from loaders.ai8x import make_loader
+        except ImportError as exc:
+            raise RuntimeError(
+                "this dataset needs the ai8x-shards package in this environment: "
+                "pip install ai8x-shards (" + str(exc) + ")"
+            ) from exc
+        return make_loader(sub)(data, load_train, load_test)
+
+    loader.__name__ = "shards_" + sub.replace("/", "_") + "_get_datasets"
+    return loader
+
+
+def collate(batch):
+    """Whole batches from ShardDataset.__getitems__, without a second copy."""
+    try:
+        from loaders.mapstyle import collate as shards_collate
+    except ImportError:
+        from torch.utils.data import default_collate as shards_collate
+    return shards_collate(batch)
+
+
+datasets = []
+for _entry in ENTRIES:
+    _d = dict(_entry)
+    _d["loader"] = _make_loader(_d.pop("sub"))
+    _d["collate"] = collate
+    datasets.append(_d)
+'''
+
+
+class InstallError(RuntimeError):
+    """The target is not an ai8x-training checkout, or holds a file we did not write."""
+
+
+def _shim_path(checkout: str | os.PathLike[str]) -> Path:
+    root = Path(checkout)
+    if not (root / "train.py").is_file() or not (root / "datasets").is_dir():
+        raise InstallError(f"{root}: not an ai8x-training checkout (expected train.py and datasets/)")
+    return root / "datasets" / SHIM_NAME
+
+
+def installed_entries(checkout: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The entries of an installed shim (read as literals, never executed)."""
+    path = _shim_path(checkout)
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if MARKER not in text:
+        raise InstallError(f"{path}: exists and was not written by ai8x-shards; move it away first")
+    literal = text.split("ENTRIES = ", 1)[1].split("\n\n\n", 1)[0]
+    return list(ast.literal_eval(literal))
+
+
+def entry_from_folder(name: str, location: str, sub: str) -> dict[str, Any]:
+    """A shim entry for the dataset at ``location``; its loader reads ``<--data>/sub``."""
+    from .ai8x import entry
+
+    d = entry(location, name, sub=sub)
+    out = {k: d[k] for k in ("name", "input", "output", "weight", "regression", "fold_ratio") if k in d}
+    out["sub"] = sub
+    return out
+
+
+def install(checkout: str | os.PathLike[str], add: list[dict[str, Any]] | None = None) -> Path:
+    """Write (or rewrite) the shim with the default entries, the installed ones and ``add``."""
+    path = _shim_path(checkout)
+    merged: dict[str, dict[str, Any]] = {}
+    for e in DEFAULT_ENTRIES + installed_entries(checkout) + list(add or []):
+        merged[e["name"]] = e
+    entries = pprint.pformat(list(merged.values()), width=100, sort_dicts=False)
+    text = SHIM.format(marker=MARKER, entries=entries)
+    if not path.exists() or path.read_text() != text:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
+def uninstall(checkout: str | os.PathLike[str]) -> bool:
+    """Remove the shim if this command wrote it; returns whether a file was removed."""
+    path = _shim_path(checkout)
+    if not path.exists():
+        return False
+    installed_entries(checkout)  # refuses a file that is not ours
+    path.unlink()
+    return True
