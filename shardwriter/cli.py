@@ -26,9 +26,19 @@ def _classes(text: str | None) -> list[Any] | None:
     return [c.strip() for c in text.split(",")]
 
 
+def _variants(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(s not in (80, 352) for s in sizes):
+        raise argparse.ArgumentTypeError(f"expected 80, 352 or 80,352 (the AISegment_80 / AISegment_352 datasets), not {text!r}")
+    return sizes
+
+
 def _add_pack(sub: Any) -> None:
     p = sub.add_parser("pack", help="pack a source into a shard dataset folder")
-    p.add_argument("kind", choices=["npz", "imagefolder", "dataset"], help="source kind")
+    p.add_argument("kind", choices=["npz", "imagefolder", "dataset", "aisegment"], help="source kind")
     p.add_argument("src", help="source: .npz file or folder, image folder, or module:function")
     p.add_argument("out", help="output dataset folder")
     p.add_argument("--name", default="", help="dataset name recorded in the manifest")
@@ -47,12 +57,16 @@ def _add_pack(sub: Any) -> None:
     p.add_argument("--layout", default="chw", choices=["chw", "hwc", "hw"], help="npz: layout of x")
     p.add_argument("--input-range", default="auto", choices=["auto", "unit", "8bit"], help="float inputs: ai8x range")
     p.add_argument("--data-dir", default=".", help="dataset: data_dir handed to an ai8x loader function")
+    p.add_argument("--variants", type=_variants, default=(80, 352),
+                   help="aisegment: comma-separated sizes to write, each its own folder (default 80,352)")
 
 
 def _source(a: argparse.Namespace) -> Any:
-    from .sources import DatasetSource, ImageFolderSource, NpzSource
+    from .sources import AISegmentSource, DatasetSource, ImageFolderSource, NpzSource
 
     common = {"name": a.name}
+    if a.kind == "aisegment":
+        return AISegmentSource(a.src, variants=a.variants, test_fraction=a.test_fraction, val_fraction=a.val_fraction)
     if a.kind == "npz":
         return NpzSource(a.src, layout=a.layout, fold_ratio=a.fold, classes=_classes(a.classes), input_range=a.input_range,
                          test_fraction=a.test_fraction, val_fraction=a.val_fraction, **common)
@@ -105,6 +119,49 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(a: argparse.Namespace) -> int:
+    from .synth import synth_aisegment
+
+    root = synth_aisegment(a.dir, images=a.images, seed=a.seed)
+    print(f"wrote {a.images} synthetic {a.kind} images (seed {a.seed}) -> {root}")
+    return 0
+
+
+def cmd_install_ai8x(a: argparse.Namespace) -> int:
+    from loaders.install import InstallError
+
+    try:
+        return _install_ai8x(a)
+    except InstallError as exc:
+        print(f"ai8x-shards: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _install_ai8x(a: argparse.Namespace) -> int:
+    from loaders.install import entry_from_folder, install, uninstall
+
+    if a.uninstall:
+        print(f"removed {a.checkout}/datasets/ai8x_shards.py" if uninstall(a.checkout) else "nothing to remove")
+        return 0
+    added = []
+    for spec in a.add:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise PackError(f"--add {spec!r}: expected NAME=DIR (DIR absolute, or relative to train.py's --data)")
+        location = folder if "://" in folder or Path(folder).is_absolute() else str(Path(a.data or ".") / folder)
+        added.append(entry_from_folder(name, location, folder))
+    path = install(a.checkout, added)
+    print(f"installed {path}")
+    return 0
+
+
+def cmd_preview(a: argparse.Namespace) -> int:
+    from loaders.preview import preview
+
+    print(f"wrote {preview(a.dir, a.split, a.n, a.output)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ai8x-shards", description="Fast data loading for ai8x-training (MAX78000/MAX78002).")
     ap.add_argument("--version", action="version", version=f"ai8x-shards {__version__}")
@@ -122,6 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="demo-out", help="working folder (default: demo-out)")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("synth", help="write synthetic raw data (for trials and tests)")
+    p.add_argument("kind", choices=["aisegment"], help="raw layout to write")
+    p.add_argument("dir", help="folder to write into")
+    p.add_argument("--images", type=int, default=30, help="number of images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
+    p.set_defaults(func=cmd_synth)
+    p = sub.add_parser("install-ai8x", help="install the datasets module into an ai8x-training checkout")
+    p.add_argument("checkout", help="ai8x-training folder (holds train.py and datasets/)")
+    p.add_argument("--add", action="append", default=[], metavar="NAME=DIR",
+                   help="also expose the shard dataset DIR as entry NAME (DIR absolute or relative to --data)")
+    p.add_argument("--data", help="with a relative --add DIR: the --data folder you will give train.py")
+    p.add_argument("--uninstall", action="store_true", help="remove the module")
+    p.set_defaults(func=cmd_install_ai8x)
+    p = sub.add_parser("preview", help="write a PNG grid of samples as the model sees them")
+    p.add_argument("dir", help="dataset folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("-n", type=int, default=8, help="number of samples")
+    p.add_argument("-o", "--output", default="preview.png", help="PNG file to write")
+    p.set_defaults(func=cmd_preview)
     sub.choices["pack"].set_defaults(func=cmd_pack)
     return ap
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, SubsetRandomSampler
 
 
 def make_npz(path: Path, n: int = 200, shape: tuple[int, ...] = (1, 28, 28), classes: int = 10, seed: int = 0) -> Path:
@@ -18,3 +20,27 @@ def make_npz(path: Path, n: int = 200, shape: tuple[int, ...] = (1, 28, 28), cla
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (relative name -> bytes), for byte-identity checks."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def get_data_loaders(train_ds, test_ds, batch_size, workers, validation_split=0.1, rank=None, world=None, collate_fn=None):
+    """The distiller get_data_loaders flow, as the contract document describes it."""
+    assert isinstance(test_ds[0][0], torch.Tensor)
+    test_ds[0][0].unsqueeze(0)
+    kw = {"batch_size": batch_size, "num_workers": workers, "pin_memory": workers == 0 and torch.cuda.is_available(), "collate_fn": collate_fn}
+    test_loader = DataLoader(test_ds, sampler=SubsetRandomSampler(list(range(len(test_ds)))), **kw)
+    indices = list(range(len(train_ds)))
+    if hasattr(train_ds, "valid_indices"):
+        valid = list(train_ds.valid_indices)
+        train = [i for i in indices if i not in set(valid)]
+    else:
+        np.random.shuffle(indices)
+        split = int(np.floor(validation_split * len(train_ds)))
+        valid, train = indices[:split], indices[split:]
+    if world is None:
+        train_sampler = SubsetRandomSampler(train)
+        train_loader = DataLoader(train_ds, sampler=train_sampler, **kw)
+    else:
+        subset = torch.utils.data.Subset(train_ds, train)
+        train_loader = DataLoader(subset, sampler=DistributedSampler(subset, num_replicas=world, rank=rank, shuffle=True), **kw)
+    valid_loader = DataLoader(train_ds, sampler=SubsetRandomSampler(valid), **kw)
+    return train_loader, valid_loader, test_loader

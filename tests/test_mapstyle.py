@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, SubsetRandomSampler
+from helpers import get_data_loaders
+from torch.utils.data import DataLoader
 
 from loaders import ShardDataset
 from loaders.mapstyle import collate
@@ -97,30 +98,6 @@ def test_uint8_output_truncate_and_valid_indices(data):
     assert np.array_equal(ShardDataset(directory, "train", use_val_split=True, output="uint8")[N_TRAIN][0].numpy(), arrays["val"][0][0])
 
 
-def get_data_loaders(train_ds, test_ds, batch_size, workers, validation_split=0.1, rank=None, world=None):
-    """The distiller get_data_loaders flow, as the contract document describes it."""
-    assert isinstance(test_ds[0][0], torch.Tensor)
-    test_ds[0][0].unsqueeze(0)
-    kw = {"batch_size": batch_size, "num_workers": workers, "pin_memory": workers == 0 and torch.cuda.is_available(), "collate_fn": collate}
-    test_loader = DataLoader(test_ds, sampler=SubsetRandomSampler(list(range(len(test_ds)))), **kw)
-    indices = list(range(len(train_ds)))
-    if hasattr(train_ds, "valid_indices"):
-        valid = list(train_ds.valid_indices)
-        train = [i for i in indices if i not in set(valid)]
-    else:
-        np.random.shuffle(indices)
-        split = int(np.floor(validation_split * len(train_ds)))
-        valid, train = indices[:split], indices[split:]
-    if world is None:
-        train_sampler = SubsetRandomSampler(train)
-        train_loader = DataLoader(train_ds, sampler=train_sampler, **kw)
-    else:
-        subset = torch.utils.data.Subset(train_ds, train)
-        train_loader = DataLoader(subset, sampler=DistributedSampler(subset, num_replicas=world, rank=rank, shuffle=True), **kw)
-    valid_loader = DataLoader(train_ds, sampler=SubsetRandomSampler(valid), **kw)
-    return train_loader, valid_loader, test_loader
-
-
 def numbers_and_labels(loader, labels):
     seen = []
     for inputs, target in loader:
@@ -139,7 +116,7 @@ def test_train_py_data_path_runs_and_serves_each_index_once(data, workers):
     train_ds = ShardDataset(directory, "train", act_mode_8bit=args)
     test_ds = ShardDataset(directory, "test", act_mode_8bit=args)
     np.random.seed(0)
-    tr, va, te = get_data_loaders(train_ds, test_ds, batch_size=16, workers=workers)
+    tr, va, te = get_data_loaders(train_ds, test_ds, batch_size=16, workers=workers, collate_fn=collate)
     assert len(tr) == math.ceil(len(tr.sampler) / 16)
     seen_train = numbers_and_labels(tr, arrays["train"][1])
     seen_valid = numbers_and_labels(va, arrays["train"][1])
@@ -153,7 +130,7 @@ def test_distributed_sampler_ranks_cover_the_train_subset(data):
     test_ds = ShardDataset(directory, "test")
     seen = []
     for rank in range(2):
-        tr, _, _ = get_data_loaders(train_ds, test_ds, batch_size=8, workers=2, rank=rank, world=2)
+        tr, _, _ = get_data_loaders(train_ds, test_ds, batch_size=8, workers=2, rank=rank, world=2, collate_fn=collate)
         seen += numbers_and_labels(tr, arrays["train"][1])
     # DistributedSampler pads to a multiple of the world size by repeating samples.
     assert set(seen) == set(range(N_TRAIN)) and len(seen) == N_TRAIN + N_TRAIN % 2
