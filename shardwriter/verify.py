@@ -129,7 +129,8 @@ def info(directory: str | Path) -> str:
     lines = [
         f"dataset   {m.get('name', '')}" + (f" ({m['variant']})" if m.get("variant") else ""),
         f"format    {fmt.FORMAT_NAME} v{m['format_version']} ({m.get('created_by', '?')})",
-        f"input     uint8 {tuple(m['input_shape'])}  preprocessing {m.get('preprocessing', {})}",
+        f"input     uint8 {tuple(m['input_shape'])}",
+        *(f"  {k:<14} {v}" for k, v in m.get("preprocessing", {}).items()),
         f"target    {m['target']['kind']}" + (f" {tuple(m['target']['shape'])}" if m['target'].get('shape') else ""),
         f"classes   {len(classes)}: {', '.join(map(str, classes[:12]))}{' ...' if len(classes) > 12 else ''}",
     ]
