@@ -6,6 +6,7 @@ holds the pure normalize/fold functions both use.
 """
 
 from .mapstyle import ShardDataset
+from .streaming import StreamingShardDataset, normalize_batch
 from .transforms import fold, normalize, unfold
 
-__all__ = ["ShardDataset", "fold", "normalize", "unfold"]
+__all__ = ["ShardDataset", "StreamingShardDataset", "fold", "normalize", "normalize_batch", "unfold"]

@@ -22,14 +22,7 @@ from torch.utils.data import Dataset, default_collate
 from shardwriter import format as fmt
 
 from . import storage
-from .transforms import normalize
-
-
-def _mode(act_mode_8bit: Any) -> bool:
-    """A bool, or an object (train.py's args) whose ``act_mode_8bit`` is read at call time."""
-    if isinstance(act_mode_8bit, bool):
-        return act_mode_8bit
-    return bool(getattr(act_mode_8bit, "act_mode_8bit", False))
+from .transforms import normalize, resolve_act_mode
 
 
 class Batch(list):
@@ -208,7 +201,7 @@ class ShardDataset(Dataset):
             self._read_into(int(idx[k]), x[k], y[k] if y is not None else None, scratch)
         xt = torch.from_numpy(x)
         if self.output == "float":
-            xt = normalize(xt, _mode(self.act_mode_8bit))
+            xt = normalize(xt, resolve_act_mode(self.act_mode_8bit))
         return xt, self._targets(idx, y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:

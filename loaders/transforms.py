@@ -8,7 +8,7 @@ The reference chain is ``ToTensor``-style scaling by 1/256, then ``ai8x.normaliz
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +19,13 @@ from shardwriter.preprocess import fold, unfold
 __all__ = ["fold", "unfold", "normalize", "normalize_np", "reference_normalize", "fold_torch", "unfold_torch", "prepare_image"]
 
 T = TypeVar("T", np.ndarray, torch.Tensor)
+
+
+def resolve_act_mode(value: Any) -> bool:
+    """``act_mode_8bit`` given as a bool, or an object (train.py's ``args``) whose attribute is read now."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return bool(getattr(value, "act_mode_8bit", False))
 
 
 def normalize_np(x: np.ndarray, act_mode_8bit: bool = False) -> np.ndarray:

@@ -246,9 +246,7 @@ def parse_tar_header(block: bytes, where: str) -> tuple[str, int, bytes]:
     """Check a header's checksum and return (name, size, typeflag). ``where`` names it."""
     stored = _octal(block[148:156], f"{where}: checksum")
     blanked = block[:148] + b" " * 8 + block[156:]
-    unsigned = sum(blanked)
-    signed = sum(b - 256 if b > 127 else b for b in blanked)
-    if stored not in (unsigned, signed):
+    if stored != sum(blanked) and stored != sum(b - 256 if b > 127 else b for b in blanked):  # old tars: signed
         raise FormatError(f"{where}: tar header checksum mismatch (corrupt or not a tar file)")
     name = block[0:100].split(b"\0", 1)[0]
     prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
