@@ -40,7 +40,7 @@ def _add_pack(sub: Any) -> None:
     p = sub.add_parser("pack", help="pack a source into a shard dataset folder")
     p.add_argument("kind", choices=["npz", "imagefolder", "dataset", "aisegment"], help="source kind")
     p.add_argument("src", help="source: .npz file or folder, image folder, or module:function")
-    p.add_argument("out", help="output dataset folder")
+    p.add_argument("out", help="output dataset folder, or s3://BUCKET/PREFIX / gs://BUCKET/PREFIX")
     p.add_argument("--name", default="", help="dataset name recorded in the manifest")
     p.add_argument("--workers", type=int, default=1, help="worker processes (output is identical for any N)")
     p.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most")
@@ -79,8 +79,11 @@ def _source(a: argparse.Namespace) -> Any:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
-    manifests = pack(_source(a), a.out, workers=a.workers, max_count=a.max_count, max_bytes=a.max_bytes,
-                     skip_bad=a.skip_bad, quiet=True if a.quiet else None, overwrite=a.overwrite)
+    from .remote import staged_output
+
+    with staged_output(a.out, overwrite=a.overwrite) as out:  # a bucket URL: pack locally, upload, manifest last
+        manifests = pack(_source(a), out, workers=a.workers, max_count=a.max_count, max_bytes=a.max_bytes,
+                         skip_bad=a.skip_bad, quiet=True if a.quiet else None, overwrite=a.overwrite)
     for m in manifests:
         counts = ", ".join(f"{s} {v['count']}" for s, v in m["splits"].items())
         print(f"packed {m['name']}: {counts} samples; skipped {m['skipped']['count']} -> {a.out}")
@@ -88,16 +91,16 @@ def cmd_pack(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from .verify import info
+    from .remote import info_location
 
-    print(info(a.dir))
+    print(info_location(a.dir))
     return 0
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .verify import verify
+    from .remote import verify_location
 
-    problems = verify(a.dir)
+    problems = verify_location(a.dir)
     for p in problems:
         print(f"BAD {p}")
     print(f"{a.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
@@ -173,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("reindex", cmd_reindex, "rebuild missing or stale index files from their shards"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("dir", help="dataset folder (holds manifest.json)")
+        p.add_argument("dir", help="dataset folder (holds manifest.json) or URL")
         p.set_defaults(func=fn)
     p = sub.add_parser("demo", help="make sample data, pack it, read it back, print a summary")
     p.add_argument("dir", nargs="?", default="demo-out", help="working folder (default: demo-out)")

@@ -1,0 +1,643 @@
+"""Datasets at URLs (issue #5): S3, GCS, HTTP(S), against real servers on 127.0.0.1.
+
+Servers (tests/servers.py): our Range-honouring HTTP server, ``rclone serve s3``,
+``gcp-storage-emulator``, and our fault proxy in front of each (503s, resets after N
+bytes, stalls past the timeout, slow links, a server that ignores Range). Every server
+is started here and stopped in fixture teardown. No wall-clock assertions: stalls are
+bounded by the client timeout, and every wait has a generous deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from servers import Fault, FaultProxy, GcsEmulator, RangeHTTPServer, RcloneS3
+from torch.utils.data import DataLoader
+
+from loaders import ShardDataset, storage
+from loaders.cache import ShardCache
+from loaders.mapstyle import collate
+from shardwriter import format as fmt
+from shardwriter import pack, remote
+from shardwriter.sources import NpzSource
+
+N_TRAIN, N_TEST, SHAPE, PER_SHARD = 150, 30, (3, 16, 16), 40
+BUCKET = "bkt"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tagged(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random inputs whose first two bytes spell the sample number."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8)
+    x.reshape(n, -1)[:, 0], x.reshape(n, -1)[:, 1] = np.arange(n) // 256, np.arange(n) % 256
+    return x, rng.integers(0, 5, n).astype(np.int64)
+
+
+def number(x: torch.Tensor) -> int:
+    flat = x.reshape(-1)
+    return int(flat[0]) * 256 + int(flat[1])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A dataset at ``www/ds`` (4 train shards + 1 test shard) and its arrays."""
+    root = tmp_path_factory.mktemp("cloud")
+    src = root / "src"
+    src.mkdir()
+    arrays = {"train": tagged(N_TRAIN, 1), "test": tagged(N_TEST, 2)}
+    for split, (x, y) in arrays.items():
+        np.savez(src / f"{split}.npz", x=x, y=y)
+    pack(NpzSource(src, classes=list(range(5))), root / "www" / "ds", max_count=PER_SHARD, quiet=True)
+    return root, root / "www" / "ds", arrays
+
+
+def shard_names(directory: Path, split: str = "train") -> list[str]:
+    return [s["file"] for s in fmt.parse_manifest((directory / fmt.MANIFEST_NAME).read_bytes(), "m")["splits"][split]["shards"]]
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch, tmp_path):
+    """Fast retries, a private cache, and nothing inherited that changes behaviour."""
+    for name in list(os.environ):
+        if name.startswith(("AI8X_SHARDS_", "AWS_", "STORAGE_EMULATOR_HOST", "GOOGLE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AI8X_SHARDS_BACKOFF", "0.01")
+    monkeypatch.setenv("AI8X_SHARDS_BACKOFF_MAX", "0.05")
+    monkeypatch.setenv("AI8X_SHARDS_TIMEOUT", "20")
+    monkeypatch.setenv("AI8X_SHARDS_CACHE", str(tmp_path / "cache"))
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    return monkeypatch
+
+
+@pytest.fixture(scope="module")
+def http(data):
+    root, _, _ = data
+    with RangeHTTPServer(root / "www") as server:
+        yield server
+
+
+@pytest.fixture
+def proxy(http):
+    with FaultProxy(http.port) as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def s3(data, tmp_path_factory):
+    _, ds, _ = data
+    base = tmp_path_factory.mktemp("s3")
+    shutil.copytree(ds, base / "root" / BUCKET / "ds")  # in place before rclone starts: visible at once
+    with RcloneS3(base / "root", base / "work") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3, env):
+    for k, v in s3.env().items():
+        env.setenv(k, v)
+    return s3
+
+
+@pytest.fixture
+def s3_proxy(s3, env):
+    with FaultProxy(s3.port, match=lambda method, path: True) as p:
+        for k, v in s3.env(p.url).items():
+            env.setenv(k, v)
+        yield p
+
+
+@pytest.fixture(scope="module")
+def gcs(data, tmp_path_factory):
+    _, ds, _ = data
+    with GcsEmulator(tmp_path_factory.mktemp("gcs")) as server, pytest.MonkeyPatch.context() as mp:
+        for k, v in server.env().items():
+            mp.setenv(k, v)
+        remote.upload_dataset(ds, f"gs://{server.bucket}/ds")
+        yield server
+
+
+@pytest.fixture
+def gcs_proxy(gcs, env):
+    with FaultProxy(gcs.port, match=lambda method, path: True) as p:
+        for k, v in gcs.env(p.url).items():
+            env.setenv(k, v)
+        yield p
+
+
+def read_stream(location: str, name: str) -> bytes:
+    with storage.open_stream(location, name) as f:
+        parts = []
+        while True:  # small, uneven reads, like the tar reader's
+            block = f.read(4099)
+            if not block:
+                return b"".join(parts)
+            parts.append(block)
+
+
+def assert_same_dataset(local: Path, location: str, split: str) -> None:
+    a, b = ShardDataset(local, split), ShardDataset(location, split)
+    assert len(a) == len(b) and b.shards == a.shards
+    for i in range(len(a)):
+        (xa, ya), (xb, yb) = a[i], b[i]
+        assert torch.equal(xa, xb) and torch.equal(ya, yb), f"{location} {split}[{i}]"
+    req = list(range(len(a)))[::-1]
+    assert torch.equal(collate(a.__getitems__(req))[0], collate(b.__getitems__(req))[0])
+    assert b.source_name(len(b) - 1) == a.source_name(len(a) - 1)
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def test_locations_are_parsed_strictly():
+    assert remote.is_url("s3://b/p") and remote.is_url("gs://b") and remote.is_url("https://h/x") and remote.is_url("pipe:cat {name}")
+    assert not remote.is_url("data/mnist") and not remote.is_url(Path("/tmp"))
+    assert remote.normalize(Path("s3://bucket/pre/fix/")) == "s3://bucket/pre/fix"  # Path() squashed the //
+    assert remote.normalize("HTTP://h:1/a/") == "http://h:1/a"
+    for bad in ("ftp://h/x", "s3:///x", "https://h/x?sig=1", "gs://"):
+        with pytest.raises(storage.StorageError):
+            remote.normalize(bad)
+    with pytest.raises(fmt.FormatError):
+        remote.object_url("s3://b/p", "../etc/passwd")
+    assert remote.object_url("gs://b/p", "train-000001.idx") == "gs://b/p/train-000001.idx"
+    assert remote.parse_bytes("64M") == 64 << 20 and remote.parse_bytes("1.5K") == 1536 and remote.parse_bytes("10GiB") == 10 << 30
+
+
+# --------------------------------------------------------------------------- map-style
+
+
+def test_map_style_over_http_equals_local(data, http):
+    _, ds, _ = data
+    for split in ("train", "test"):
+        assert_same_dataset(ds, http.url + "/ds", split)
+
+
+def test_map_style_over_s3_equals_local(data, s3_env):
+    _, ds, _ = data
+    for split in ("train", "test"):
+        assert_same_dataset(ds, f"s3://{BUCKET}/ds", split)
+
+
+def test_map_style_over_gcs_equals_local(data, gcs, env):
+    _, ds, _ = data
+    for k, v in gcs.env().items():
+        env.setenv(k, v)
+    assert_same_dataset(ds, f"gs://{gcs.bucket}/ds", "train")
+
+
+def test_map_style_url_dataset_in_dataloader_workers(data, proxy):
+    """train.py's path: the dataset is pickled to workers, each fetches shards through the cache."""
+    _, _, arrays = data
+    ds = ShardDataset(proxy.url + "/ds", "train", output="uint8")
+    loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, collate_fn=collate)
+    seen = []
+    for x, y in loader:
+        for xi, yi in zip(x, y):
+            seen.append(number(xi))
+            assert int(yi) == arrays["train"][1][seen[-1]]
+    assert sorted(seen) == list(range(N_TRAIN))
+    assert len(proxy.requests("GET", ".tar")) == len(ds.shards)  # each shard fetched once in all
+
+
+# --------------------------------------------------------------------------- streaming under faults
+
+HTTP_FAULTS = {
+    "503s": ([Fault("503")] * 3, {}),
+    "resets": ([Fault("reset", after=7000), Fault("reset", after=1), Fault("reset", after=20000)], {}),
+    "resets-no-readahead": ([Fault("reset", after=9000)] * 3, {"AI8X_SHARDS_READAHEAD": "0"}),
+    "stall-past-timeout": ([Fault("stall", after=5000)], {"AI8X_SHARDS_TIMEOUT": "1"}),
+    "server-ignores-range": ([Fault("reset", after=12000), Fault("strip_range")], {}),
+    "slow-link": ([Fault("slow", rate=500_000)], {}),
+    "mixed": ([Fault("503"), Fault("reset", after=3000), Fault("stall", after=4000), Fault("503"), Fault("reset", after=100)],
+              {"AI8X_SHARDS_TIMEOUT": "1"}),
+}
+FAILING = ("503", "reset", "stall")
+
+
+@pytest.mark.parametrize("case", list(HTTP_FAULTS))
+def test_http_stream_survives_faults_byte_identical(data, proxy, env, case):
+    _, ds, _ = data
+    plan, settings = HTTP_FAULTS[case]
+    for k, v in settings.items():
+        env.setenv(k, v)
+    name = shard_names(ds)[1]
+    proxy.set_plan(plan)
+    assert read_stream(proxy.url + "/ds", name) == (ds / name).read_bytes()
+    gets = proxy.requests("GET", name)
+    assert [g.fault for g in gets[: len(plan)]] == [f.kind for f in plan]  # every fault was met
+    failing = sum(f.kind in FAILING for f in plan) + 1
+    if "stall" in {f.kind for f in plan}:  # a short timeout may also cut a slow good answer
+        assert len(gets) >= failing
+    else:
+        assert len(gets) == failing
+    resumed = [int(g.range.split("=")[1].rstrip("-")) for g in gets[1:]]
+    if case in ("resets", "resets-no-readahead"):
+        assert resumed == sorted(resumed) and resumed[-1] > 0  # each retry starts where the last stopped
+    if case == "server-ignores-range":
+        assert resumed == [12000]  # asked from 12000; the server sent all and 12000 bytes were skipped
+
+
+def test_s3_stream_survives_faults_byte_identical(data, s3_proxy, env):
+    """rclone answers a Range with 200 + Content-Range: resuming must trust the Content-Range."""
+    _, ds, _ = data
+    env.setenv("AI8X_SHARDS_TIMEOUT", "2")
+    name = shard_names(ds)[2]
+    s3_proxy.set_plan([Fault("503"), Fault("reset", after=8000), Fault("reset", after=15000), Fault("stall", after=100), Fault("503")])
+    assert read_stream(f"s3://{BUCKET}/ds", name) == (ds / name).read_bytes()
+    ranges = [g.range for g in s3_proxy.requests("GET", name)]
+    assert not s3_proxy.plan and len(ranges) >= 6 and ranges[0] == "bytes=0-" and ranges[-1] not in (None, "bytes=0-")
+
+
+def test_gcs_stream_survives_faults_byte_identical(data, gcs, gcs_proxy, env):
+    _, ds, _ = data
+    env.setenv("AI8X_SHARDS_TIMEOUT", "2")
+    name = shard_names(ds)[0]
+    loc = f"gs://{gcs.bucket}/faults"
+    remote.upload_file(loc, name, ds / name)  # through the proxy: the emulator's media links then point at it
+    gcs_proxy.clear_log()
+    # an object read is a metadata GET, then ranged media GETs: faults hit both kinds
+    gcs_proxy.set_plan([Fault("503"), None, Fault("reset", after=6000), None, Fault("stall", after=10), None, Fault("503")])
+    assert read_stream(loc, name) == (ds / name).read_bytes()
+    assert not gcs_proxy.plan
+    media = [r for r in gcs_proxy.requests("GET") if r.path.startswith("/download/")]
+    assert len(media) >= 3 and media[-1].fault is None
+
+
+def test_servers_that_ignore_or_cap_ranges_need_no_retries(data, env):
+    """A 200 without Content-Range (Range ignored) or a 206 with part of an open range is not a fault."""
+    root, ds, _ = data
+    env.setenv("AI8X_SHARDS_RETRIES", "0")
+    name = shard_names(ds)[1]
+    for kw in ({"ignore_range": True}, {"range_cap": 16384}):
+        with RangeHTTPServer(root / "www", **kw) as server:
+            assert read_stream(server.url + "/ds", name) == (ds / name).read_bytes()
+            gets = [r for r in server.log if r[1].endswith(name)]
+            assert len(gets) == (1 if "ignore_range" in kw else -(-(ds / name).stat().st_size // 16384))
+
+
+def test_always_failing_server_gives_clear_error_within_budget(data, proxy, env):
+    _, ds, _ = data
+    env.setenv("AI8X_SHARDS_RETRIES", "3")
+    name = shard_names(ds)[0]
+    url = f"{proxy.url}/ds/{name}"
+    proxy.set_plan([], default=Fault("503"))
+    with pytest.raises(storage.StorageError) as err:
+        read_stream(proxy.url + "/ds", name)
+    assert url in str(err.value) and "at byte 0" in str(err.value) and "503" in str(err.value)
+    assert len(proxy.requests("GET", name)) == 4  # 1 try + 3 retries, then the error
+    proxy.clear_log()
+    proxy.set_plan([Fault("reset", after=30000)], default=Fault("stall", after=0))  # dies at 30000, then hangs
+    env.setenv("AI8X_SHARDS_TIMEOUT", "0.5")
+    with pytest.raises(storage.StorageError, match=rf"{url}: gave up at byte 30000 of \d+ after 4 failed attempts"):
+        read_stream(proxy.url + "/ds", name)
+
+
+def test_always_failing_s3_gives_clear_error(data, s3_proxy, env):
+    _, ds, _ = data
+    env.setenv("AI8X_SHARDS_RETRIES", "2")
+    name = shard_names(ds)[0]
+    s3_proxy.set_plan([], default=Fault("503"))
+    with pytest.raises(storage.StorageError, match=rf"s3://{BUCKET}/ds/{name}: gave up at byte 0"):
+        read_stream(f"s3://{BUCKET}/ds", name)
+    assert len(s3_proxy.requests("GET", name)) == 3
+
+
+def test_missing_object_fails_at_once(data, http, s3_env):
+    with pytest.raises(storage.StorageError, match="HTTP 404"):
+        storage.read_manifest(http.url + "/nowhere")
+    with pytest.raises(remote.MissingError, match="no such object"):
+        storage.read_manifest(f"s3://{BUCKET}/nowhere")
+    assert [r for r in http.log if "nowhere" in r[1]] and len([r for r in http.log if "nowhere" in r[1]]) == 1
+
+
+def test_object_replaced_while_streaming_is_an_error_not_a_splice(data, http, env, tmp_path):
+    root, ds, _ = data
+    name = shard_names(ds)[3]
+    work = root / "www" / "replaced"
+    shutil.copytree(ds, work, dirs_exist_ok=True)
+    env.setenv("AI8X_SHARDS_READAHEAD", "0")
+    with FaultProxy(http.port, plan=[Fault("reset", after=20000)]) as p:
+        f = storage.open_stream(p.url + "/replaced", name)
+        assert f.read(1000) == (ds / name).read_bytes()[:1000]
+        blob = bytearray((work / name).read_bytes())
+        blob[-2000] ^= 0xFF
+        (work / name).write_bytes(bytes(blob))  # same size, new ETag
+        os.utime(work / name, ns=(time.time_ns(), time.time_ns() + 10**9))
+        with pytest.raises(storage.StorageError, match="changed while it was being read"):
+            f.read()
+        f.close()
+
+
+def test_seek_and_tell_on_a_remote_stream(data, proxy, env):
+    _, ds, _ = data
+    env.setenv("AI8X_SHARDS_READAHEAD", "0")
+    name = shard_names(ds)[1]
+    want = (ds / name).read_bytes()
+    with storage.open_stream(proxy.url + "/ds", name) as f:
+        assert f.seekable() and f.read(100) == want[:100] and f.tell() == 100
+        f.seek(50)  # inside the buffer: no request
+        assert f.read(10) == want[50:60]
+        f.seek(len(want) - 1024)  # forward within a chunk: read on, no new request
+        assert f.read() == want[-1024:]
+        f.seek(-10, os.SEEK_END)
+        assert f.read() == want[-10:]
+    env.setenv("AI8X_SHARDS_READAHEAD", "4096")  # a far seek opens a new ranged GET
+    proxy.clear_log()
+    with remote.open_stream(proxy.url + "/ds", name, opts=remote.Options.from_env(chunk=4096)) as f:
+        f.read(10)
+        f.seek(40000)
+        assert f.read(5000) == want[40000:45000] and f.tell() == 45000
+        f.seek(3)
+        assert f.read(7) == want[3:10]
+    assert [r.range for r in proxy.requests("GET", name)] == ["bytes=0-", "bytes=40000-", "bytes=3-"]
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_cache_refuses_a_shard_whose_sha256_differs(data, http, env):
+    root, ds, _ = data
+    bad = root / "www" / "corrupt"
+    shutil.copytree(ds, bad, dirs_exist_ok=True)
+    name = shard_names(ds)[2]
+    blob = bytearray((bad / name).read_bytes())
+    blob[5000] ^= 0x01
+    (bad / name).write_bytes(bytes(blob))
+    url = http.url + "/corrupt"
+    with pytest.raises(storage.StorageError, match="sha256") as err:
+        storage.local_path(url, name)
+    assert f"{url}/{name}" in str(err.value)
+    cache = Path(os.environ["AI8X_SHARDS_CACHE"])
+    assert not list(cache.glob("*.tar")) and not list(cache.glob(".*.tmp"))  # nothing kept
+    ds_remote = ShardDataset(url, "train")  # indexes are fine
+    ds_remote[0]  # a good shard
+    with pytest.raises(storage.StorageError, match="sha256"):
+        ds_remote[2 * PER_SHARD]
+
+
+def test_an_index_that_differs_from_the_manifest_is_refused(data, http):
+    root, ds, _ = data
+    bad = root / "www" / "badidx"
+    shutil.copytree(ds, bad, dirs_exist_ok=True)
+    idx = fmt.index_name(shard_names(ds)[0])
+    blob = bytearray((bad / idx).read_bytes())
+    blob[-1] ^= 0x01
+    (bad / idx).write_bytes(bytes(blob))
+    with pytest.raises(storage.StorageError, match=f"{idx}: sha256 does not match the manifest"):
+        ShardDataset(http.url + "/badidx", "train")
+
+
+def test_cache_evicts_least_recently_used_within_the_cap(data, proxy, env):
+    _, ds, _ = data
+    names = shard_names(ds)
+    sizes = [(ds / n).stat().st_size for n in names]
+    env.setenv("AI8X_SHARDS_CACHE_BYTES", str(sizes[0] + sizes[1] + sizes[2] // 2))  # room for two shards
+    url = proxy.url + "/ds"
+    p0 = storage.local_path(url, names[0])
+    p1 = storage.local_path(url, names[1])
+    assert storage.local_path(url, names[0]) == p0  # a hit: used again, no request
+    assert len(proxy.requests("GET", ".tar")) == 2
+    p2 = storage.local_path(url, names[2])
+    assert p0.exists() and p2.exists() and not p1.exists()  # names[1] was the least recently used
+    cache = ShardCache()
+    assert sum(size for _, size, _ in cache.entries()) <= cache.cap
+    assert p2.read_bytes() == (ds / names[2]).read_bytes()
+    assert storage.local_path(url, names[1]).exists()  # fetched again on demand
+    assert len(proxy.requests("GET", ".tar")) == 4 and not p0.exists()
+
+
+def _flock_waiters(pids: set[int]) -> int:
+    """How many of ``pids`` wait on a flock now (from /proc/locks); -1 if it cannot be read."""
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return -1
+    found = 0
+    for line in lines:
+        fields = line.split()
+        if "->" in fields and "FLOCK" in fields:
+            k = fields.index("->")
+            if len(fields) > k + 4 and fields[k + 4].isdigit() and int(fields[k + 4]) in pids:
+                found += 1
+    return found
+
+
+def _wait_for(cond, what: str, deadline: float = 120.0) -> None:
+    end = time.monotonic() + deadline
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_two_processes_download_a_shard_once(data, proxy, env):
+    """The first downloader is held by the proxy until the second is seen waiting on the lock."""
+    _, ds, _ = data
+    name = shard_names(ds)[3]
+    env.setenv("AI8X_SHARDS_TIMEOUT", "120")  # the held download must not time out and retry
+    proxy.match = lambda method, path: path.endswith(name)
+    proxy.set_plan([Fault("hold")])
+    code = "import sys; from loaders import storage; print(storage.local_path(sys.argv[1], sys.argv[2]))"
+    child_env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", code, proxy.url + "/ds", name], env=child_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        _wait_for(lambda: len(proxy.requests("GET", name)) == 1 or any(p.poll() is not None for p in procs), "the first download")
+        pids = {p.pid for p in procs}
+        if _flock_waiters(pids) >= 0:
+            _wait_for(lambda: _flock_waiters(pids) == 1 or any(p.poll() is not None for p in procs), "the second process to wait")
+        proxy.release()
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    paths = {o[0].strip() for o in outs}
+    assert len(paths) == 1 and Path(paths.pop()).read_bytes() == (ds / name).read_bytes()
+    assert len(proxy.requests("GET", name)) == 1
+
+
+def test_threads_download_a_shard_once(data, proxy, env):
+    _, ds, _ = data
+    name = shard_names(ds)[0]
+    proxy.match = lambda method, path: path.endswith(name)
+    proxy.set_plan([Fault("hold")])
+    url = proxy.url + "/ds"
+    storage.read_manifest(url)
+    results: list[Path | BaseException] = []
+
+    def fetch() -> None:
+        try:
+            results.append(storage.local_path(url, name))
+        except BaseException as exc:  # reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        _wait_for(lambda: len(proxy.requests("GET", name)) == 1, "the first download")
+        if _flock_waiters({os.getpid()}) >= 0:
+            _wait_for(lambda: _flock_waiters({os.getpid()}) == 3, "three threads to wait")
+    finally:
+        proxy.release()
+        for t in threads:
+            t.join(120)
+    assert len(results) == 4 and len({str(r) for r in results}) == 1 and isinstance(results[0], Path)
+    assert len(proxy.requests("GET", name)) == 1
+
+
+# --------------------------------------------------------------------------- upload, verify, pack to a bucket
+
+
+def test_upload_then_verify_against_s3(data, s3_proxy, tmp_path):
+    _, ds, _ = data
+    url = f"s3://{BUCKET}/up"
+    uploaded = remote.upload_dataset(ds, url)
+    names = shard_names(ds) + shard_names(ds, "test")
+    assert sorted(uploaded) == sorted([fmt.MANIFEST_NAME] + names + [fmt.index_name(n) for n in names])
+    puts = [r.path for r in s3_proxy.requests("PUT")]
+    assert puts[-1].endswith("/up/manifest.json") and len(puts) == len(uploaded)  # the manifest last
+    assert remote.verify_location(url) == []
+    assert_same_dataset(ds, url, "test")
+    assert remote.upload_dataset(ds, url) == []  # all there already: nothing sent again
+    # an object altered in the bucket is found by verify, and a re-upload repairs just it
+    name = shard_names(ds)[1]
+    blob = bytearray((ds / name).read_bytes())
+    blob[3000] ^= 0x01
+    corrupt = tmp_path / name
+    corrupt.write_bytes(bytes(blob))
+    remote.upload_file(url, name, corrupt)
+    problems = remote.verify_location(url)
+    assert any(p.startswith(f"{name}: sha256 mismatch") for p in problems), problems
+    assert remote.upload_dataset(ds, url) == [name]
+    assert remote.verify_location(url) == []
+    assert "train" in remote.info_location(url)
+    local = tmp_path / "local"
+    shutil.copytree(ds, local)
+    (local / name).write_bytes(bytes(blob))
+    with pytest.raises(storage.StorageError, match="sha256 differs from its manifest"):
+        remote.upload_dataset(local, f"s3://{BUCKET}/up2")  # a corrupt local shard is never published
+
+
+def test_pack_to_a_bucket_via_staging_and_overwrite_rules(data, s3_env, tmp_path):
+    root, ds, _ = data
+    env_cache = Path(os.environ["AI8X_SHARDS_CACHE"])
+    url = f"s3://{BUCKET}/packed"
+    with remote.staged_output(url) as out:
+        assert env_cache in out.parents
+        pack(NpzSource(root / "src", classes=list(range(5))), out, max_count=PER_SHARD, quiet=True)
+    assert not out.exists()  # uploaded, then removed
+    assert remote.verify_location(url) == []
+    assert_same_dataset(ds, url, "train")
+    other = tmp_path / "other"
+    other.mkdir()
+    np.savez(other / "train.npz", x=tagged(10, 9)[0], y=np.zeros(10, np.int64))
+    with pytest.raises(storage.StorageError, match="already holds a different dataset"):
+        with remote.staged_output(url) as out:
+            pack(NpzSource(other, classes=list(range(5))), out, quiet=True)
+    with remote.staged_output(url, overwrite=True) as out:
+        pack(NpzSource(other, classes=list(range(5))), out, overwrite=True, quiet=True)
+    m = storage.read_manifest(url)
+    assert sum(s["count"] for s in m["splits"].values()) == 10 and remote.verify_location(url) == []
+    with pytest.raises(storage.StorageError, match="no such object"):  # the old dataset's extra shards are gone
+        storage.read_bytes(url, shard_names(ds)[3])
+    # sub-folder datasets (pack aisegment writes one per variant) go to URL/SUB
+    two = tmp_path / "two"
+    for sub in ("A_80", "A_352"):
+        shutil.copytree(ds, two / sub)
+    remote.upload_dataset(two, f"s3://{BUCKET}/variants")
+    assert remote.verify_location(f"s3://{BUCKET}/variants/A_352") == []
+    with pytest.raises(storage.StorageError, match="read-only"):
+        with remote.staged_output("https://example.invalid/ds"):
+            pass
+
+
+def test_gcs_upload_and_verify(data, gcs, env):
+    _, ds, _ = data
+    for k, v in gcs.env().items():
+        env.setenv(k, v)
+    assert remote.verify_location(f"gs://{gcs.bucket}/ds") == []
+    assert remote.upload_dataset(ds, f"gs://{gcs.bucket}/ds") == []
+
+
+# --------------------------------------------------------------------------- pipe:
+
+
+def test_pipe_is_refused_unless_opted_in_and_never_uses_a_shell(data, env, tmp_path):
+    _, ds, _ = data
+    loc = f"pipe:cat {ds}/{{name}}"
+    with pytest.raises(storage.StorageError, match="AI8X_SHARDS_ALLOW_PIPE=1"):
+        storage.read_manifest(loc)
+    env.setenv("AI8X_SHARDS_ALLOW_PIPE", "1")
+    assert storage.read_manifest(loc)["splits"]["train"]["count"] == N_TRAIN
+    assert_same_dataset(ds, loc, "test")
+    marker = tmp_path / "marker"
+    env.setenv("AI8X_SHARDS_RETRIES", "1")
+    with pytest.raises(storage.StorageError, match="exited with status"):
+        storage.read_manifest(f"pipe:cat {ds}/{{name}}; touch {marker}")
+    with pytest.raises(storage.StorageError, match="exited with status"):
+        storage.read_manifest(f"pipe:cat {ds}/{{name}} $(touch {marker})")
+    assert not marker.exists()  # no shell ever saw the ; or $( )
+    with pytest.raises(storage.StorageError, match=r"needs \{name\}"):
+        storage.read_manifest("pipe:cat manifest.json")
+
+
+def test_http_locations_are_read_only(data):
+    _, ds, _ = data
+    with pytest.raises(storage.StorageError, match="read-only"):
+        remote.upload_dataset(ds, "http://127.0.0.1:9/ds")
+
+
+# --------------------------------------------------------------------------- a streaming epoch
+
+
+def test_streaming_epoch_over_http_through_faults_yields_each_sample_once(data, proxy, env):
+    streaming = pytest.importorskip("loaders.streaming")
+    _, ds, arrays = data
+    env.setenv("AI8X_SHARDS_TIMEOUT", "1")
+    proxy.set_plan([Fault("reset", after=5000), Fault("503"), Fault("stall", after=20000), Fault("strip_range"),
+                    Fault("reset", after=100), Fault("503"), Fault("reset", after=30000)])
+    dataset = streaming.StreamingShardDataset(proxy.url + "/ds", "train", shuffle=True, seed=3, output="uint8")
+    seen = []
+    for x, y in dataset:
+        seen.append(number(x))
+        assert int(y) == arrays["train"][1][seen[-1]]
+    assert sorted(seen) == list(range(N_TRAIN))
+    assert not proxy.plan  # every fault was met
+
+
+def test_cli_packs_to_a_bucket_and_train_py_reads_it_by_url(s3_env, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from loaders.ai8x import datasets
+    from shardwriter.cli import main as cli
+    from shardwriter.synth import synth_aisegment
+
+    raw = synth_aisegment(tmp_path / "raw", images=4, seed=1)
+    url = f"s3://{BUCKET}/cli"
+    assert cli(["pack", "aisegment", str(raw), url, "--variants", "80", "--quiet"]) == 0
+    assert cli(["verify", f"{url}/AISegment_80"]) == 0
+    assert cli(["info", f"{url}/AISegment_80"]) == 0
+    assert "input     uint8 (3, 80, 80)" in capsys.readouterr().out
+    local = tmp_path / "local"
+    assert cli(["pack", "aisegment", str(raw), str(local), "--variants", "80", "--quiet"]) == 0
+    entry = next(d for d in datasets if d["name"] == "AISegment_80_shards")
+    args = SimpleNamespace(act_mode_8bit=True, truncate_testset=False)
+    remote_train, remote_test = entry["loader"]((url, args))  # train.py --data s3://BUCKET/cli
+    local_train, _ = entry["loader"]((str(local), args))
+    assert len(remote_train) == len(local_train) and len(remote_test) >= 0
+    for i in range(len(local_train)):
+        assert torch.equal(remote_train[i][0], local_train[i][0]) and torch.equal(remote_train[i][1], local_train[i][1])
