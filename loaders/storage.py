@@ -149,3 +149,8 @@ def local_path(location: str | os.PathLike[str], name: str) -> Path:
     if not path.exists():
         raise StorageError(f"{path}: shard missing")
     return path
+
+
+def describe(location: str | os.PathLike[str], name: str) -> str:
+    """How messages name file ``name`` of the dataset at ``location`` (a URL or a path)."""
+    return remote.object_url(location, name) if is_remote(location) else str(_join(location, name))

@@ -252,7 +252,7 @@ class StreamingShardDataset(IterableDataset):
         self.target_kind = m["target"]["kind"]
         loc = os.fspath(location)
         return [
-            _Shard(str(Path(loc) / s["file"]), int(s["count"]), loc, s["file"], s["index"]["file"])
+            _Shard(storage.describe(loc, s["file"]), int(s["count"]), loc, s["file"], s["index"]["file"])
             for s in m["splits"][split]["shards"]
         ]
 
@@ -434,7 +434,7 @@ class StreamingShardDataset(IterableDataset):
             return shard.rows
         if shard.location is not None:
             buf = storage.read_bytes(shard.location, shard.index)
-            where = str(Path(shard.location) / shard.index)
+            where = storage.describe(shard.location, shard.index)
         else:
             where = shard.index
             try:
