@@ -184,7 +184,7 @@ class ShardDataset(Dataset):
             return torch.from_numpy(self._label[idx])
         assert y is not None
         if self.target_kind == "mask":
-            return torch.from_numpy(y).to(torch.int64)
+            return torch.from_numpy(y.astype(np.int64))  # numpy: huge pages, see transforms.normalize_np
         return torch.from_numpy(y.astype(np.float32, copy=False))
 
     def _read(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -199,10 +199,9 @@ class ShardDataset(Dataset):
         order = np.lexsort((self._x_off[idx], self._shard[idx]))
         for k in order.tolist():
             self._read_into(int(idx[k]), x[k], y[k] if y is not None else None, scratch)
-        xt = torch.from_numpy(x)
         if self.output == "float":
-            xt = normalize(xt, resolve_act_mode(self.act_mode_8bit))
-        return xt, self._targets(idx, y)
+            return normalize(x, resolve_act_mode(self.act_mode_8bit)), self._targets(idx, y)
+        return torch.from_numpy(x), self._targets(idx, y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = self._read([i])
