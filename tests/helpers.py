@@ -17,6 +17,15 @@ def make_npz(path: Path, n: int = 200, shape: tuple[int, ...] = (1, 28, 28), cla
     return path
 
 
+def tagged(n: int, seed: int, shape: tuple[int, ...] = (3, 8, 8)) -> tuple[np.ndarray, np.ndarray]:
+    """Random inputs whose first two bytes spell the sample number (so a batch tells who it holds)."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    x.reshape(n, -1)[:, 0] = np.arange(n) // 256
+    x.reshape(n, -1)[:, 1] = np.arange(n) % 256
+    return x, rng.integers(0, 5, n).astype(np.int64)
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` (relative name -> bytes), for byte-identity checks."""
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

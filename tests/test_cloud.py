@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
@@ -36,11 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tagged(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random inputs whose first two bytes spell the sample number."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8)
-    x.reshape(n, -1)[:, 0], x.reshape(n, -1)[:, 1] = np.arange(n) // 256, np.arange(n) % 256
-    return x, rng.integers(0, 5, n).astype(np.int64)
+    return helpers.tagged(n, seed, SHAPE)
 
 
 def number(x: torch.Tensor) -> int:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from helpers import get_data_loaders
+from helpers import get_data_loaders, tagged
 from torch.utils.data import DataLoader
 
 from loaders import ShardDataset
@@ -20,15 +20,6 @@ from shardwriter import format as fmt
 from shardwriter.sources import NpzSource
 
 N_TRAIN, N_TEST = 203, 41
-
-
-def tagged(n: int, seed: int, shape=(3, 8, 8)) -> tuple[np.ndarray, np.ndarray]:
-    """Random inputs whose first two bytes spell the sample number (so a batch tells who it holds)."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
-    x.reshape(n, -1)[:, 0] = np.arange(n) // 256
-    x.reshape(n, -1)[:, 1] = np.arange(n) % 256
-    return x, rng.integers(0, 5, n).astype(np.int64)
 
 
 def sample_number(x: torch.Tensor) -> int:

@@ -18,8 +18,21 @@ import numpy as np
 
 from .. import format as fmt
 from ..errors import BadInput
+from ..preprocess import OffGridError, float_to_uint8
 
-__all__ = ["BadInput", "OutputSpec", "Sample", "Source"]
+__all__ = ["BadInput", "OutputSpec", "Sample", "Source", "input_as_uint8"]
+
+
+def input_as_uint8(x: np.ndarray, input_range: str, name: str) -> np.ndarray:
+    """uint8 inputs as they are; ai8x-normalized floats back to uint8, losslessly, or BadInput."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind != "f":
+        raise BadInput(name, f"input dtype {x.dtype}; expected uint8 or ai8x-normalized floats")
+    try:
+        return float_to_uint8(x, input_range)
+    except OffGridError as exc:
+        raise BadInput(name, str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..preprocess import OffGridError, float_to_uint8
-from .base import BadInput, OutputSpec, Sample, Source
+from .base import BadInput, OutputSpec, Sample, Source, input_as_uint8
 
 _CACHE: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -104,14 +103,7 @@ class DatasetSource(Source):
             x, y = item[0], item[1]
         except (TypeError, IndexError):
             raise BadInput(name, "item is not an (input, target) pair") from None
-        x = _to_numpy(x)
-        if x.dtype != np.uint8:
-            if x.dtype.kind != "f":
-                raise BadInput(name, f"input dtype {x.dtype}; expected uint8 or ai8x-normalized floats")
-            try:
-                x = float_to_uint8(x, self.input_range)
-            except OffGridError as exc:
-                raise BadInput(name, str(exc)) from None
+        x = input_as_uint8(_to_numpy(x), self.input_range, name)
         y = _to_numpy(y)
         if (kind == "class" or kind is None) and y.ndim == 0 and y.dtype.kind in "iub":
             return x, int(y)

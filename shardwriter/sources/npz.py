@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from .. import format as fmt
-from ..preprocess import OffGridError, float_to_uint8, fold, split_of
-from .base import BadInput, OutputSpec, Sample, Source
+from ..preprocess import fold, split_of
+from .base import BadInput, OutputSpec, Sample, Source, input_as_uint8
 
 
 @lru_cache(maxsize=4)
@@ -112,14 +112,7 @@ class NpzSource(Source):
         file_key, i = item
         x, y = _arrays(self.files[file_key])
         name = f"{Path(self.files[file_key]).name}[{i}]"
-        xi = self._layout(x[i])
-        if xi.dtype != np.uint8:
-            if xi.dtype.kind != "f":
-                raise BadInput(name, f"x has dtype {xi.dtype}; expected uint8 or ai8x-normalized floats")
-            try:
-                xi = float_to_uint8(xi, self.input_range)
-            except OffGridError as exc:
-                raise BadInput(name, str(exc)) from None
+        xi = input_as_uint8(self._layout(x[i]), self.input_range, name)
         if xi.ndim == 3:
             try:
                 xi = fold(xi, self.fold_ratio)
