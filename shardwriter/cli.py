@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=8, help="number of samples")
     p.add_argument("-o", "--output", default="preview.png", help="PNG file to write")
     p.set_defaults(func=cmd_preview)
+    from benchmarks.run import add_arguments as add_bench_arguments
+    from benchmarks.run import cli as cmd_bench
+
+    p = sub.add_parser("bench", help="benchmarks: the design note's Table 1 and the peers; writes benchmarks/RESULTS.md")
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
     sub.choices["pack"].set_defaults(func=cmd_pack)
     return ap
 

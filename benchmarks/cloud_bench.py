@@ -1,0 +1,189 @@
+"""Streaming from loopback servers vs local files: the same shards, one run, as a ratio.
+
+Usage (from a repository checkout: the servers live in ``tests/servers.py``)::
+
+    python -m benchmarks.cloud_bench            # ~64 MiB of shards
+    python -m benchmarks.cloud_bench --mib 256 --out /tmp/cloud-bench
+
+Every row reads every train shard of one dataset to the end through
+:func:`loaders.storage.open_stream` and walks its tar members (checking each header), like
+a streaming epoch without decoding; the ratio is the row's throughput over the local
+row's. Rows: local files; our stdlib HTTP server; the same through our fault proxy
+without faults and with one connection reset in every shard (retry + Range resume);
+nginx when installed (optional: ``apt-get install nginx-light``); ``rclone serve s3``
+and ``gcp-storage-emulator`` when installed (the test extra installs both). Also the
+map-style cold cache fill from HTTP (:func:`loaders.storage.local_path` of every shard:
+download, sha256 check, rename). Loopback numbers show the client's overhead, not a
+network's: the emulators are themselves the slow part of their rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _servers() -> Any:
+    tests = REPO / "tests"
+    if not (tests / "servers.py").exists():
+        raise SystemExit("cloud_bench needs tests/servers.py: run it from a repository checkout")
+    if str(tests) not in sys.path:
+        sys.path.insert(0, str(tests))
+    import servers
+
+    return servers
+
+
+def make_dataset(out: Path, mib: int, seed: int = 0) -> Path:
+    """A classification dataset of about ``mib`` MiB (3x64x64 uint8 inputs), 16 MiB shards."""
+    from shardwriter import pack
+    from shardwriter.sources import NpzSource
+
+    src = out / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    n = max(64, (mib << 20) // (3 * 64 * 64 + 200))
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, 3, 64, 64), dtype=np.uint8)
+    np.savez(src / "train.npz", x=x, y=rng.integers(0, 10, n))
+    np.savez(src / "test.npz", x=x[:8], y=np.zeros(8, np.int64))
+    ds = out / "www" / "ds"
+    pack(NpzSource(src, classes=list(range(10))), ds, max_bytes=16 << 20, quiet=True)
+    return ds
+
+
+def stream_epoch(location: str, shards: list[str]) -> tuple[int, int]:
+    """Bytes and samples read: every shard sequentially, every tar header checked."""
+    from loaders import storage
+    from shardwriter import format as fmt
+
+    total = samples = 0
+    for name in shards:
+        with storage.open_stream(location, name) as f:
+            for m in fmt.iter_tar_members(f, name):
+                samples += 1
+                total += fmt.BLOCK + len(m.payload)
+    return total, samples
+
+
+def cache_fill(location: str, shards: list[str]) -> tuple[int, int]:
+    from loaders import storage
+
+    return sum(storage.local_path(location, name).stat().st_size for name in shards), 0
+
+
+@contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def run(mib: int = 64, workdir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Measure every available row once; returns ``{"source", "mib_s", "samples_s", "ratio", "note"}``."""
+    servers = _servers()
+    from loaders import storage
+    from shardwriter import remote
+
+    tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ai8x-cloud-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    try:
+        ds = make_dataset(tmp, mib)
+        shards = [s["file"] for s in storage.read_manifest(ds)["splits"]["train"]["shards"]]
+
+        def measure(source: str, location: str, fn: Callable[[str, list[str]], tuple[int, int]] = stream_epoch,
+                    note: str = "") -> None:
+            storage.read_manifest(location)  # not timed: the manifest (and client set-up)
+            t0 = time.perf_counter()
+            nbytes, samples = fn(location, shards)
+            dt = time.perf_counter() - t0
+            rows.append({"source": source, "mib_s": nbytes / dt / (1 << 20), "samples_s": samples / dt if samples else None,
+                         "seconds": dt, "note": note})
+
+        settings = {"AI8X_SHARDS_CACHE": str(tmp / "cache"), "AI8X_SHARDS_BACKOFF": "0.01", "AI8X_SHARDS_BACKOFF_MAX": "0.1",
+                    "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
+        with _env(settings), ExitStack() as stack:
+            measure("local files", str(ds))
+            http = stack.enter_context(servers.RangeHTTPServer(tmp / "www"))
+            measure("http (ours, stdlib)", http.url + "/ds")
+            proxy = stack.enter_context(servers.FaultProxy(http.port))
+            measure("http via fault proxy, no faults", proxy.url + "/ds")
+            proxy.set_plan([servers.Fault("reset", after=(4 << 20) + 12345)] * len(shards))
+            measure("http via proxy, 1 reset per shard", proxy.url + "/ds", note="resumed with Range")
+            proxy.set_plan([])
+            if servers.nginx_available():
+                try:
+                    nginx = stack.enter_context(servers.Nginx(tmp / "www", tmp / "nginx"))
+                    measure("http (nginx)", nginx.url + "/ds")
+                except RuntimeError as exc:
+                    rows.append({"source": "http (nginx)", "note": f"not run: {str(exc).splitlines()[0]}"})
+            else:
+                rows.append({"source": "http (nginx)", "note": "not run: nginx not installed (optional)"})
+            try:
+                root = tmp / "s3root"
+                shutil.copytree(ds, root / "bench" / "ds")
+                s3 = stack.enter_context(servers.RcloneS3(root, tmp / "rclone"))
+                with _env(s3.env()):
+                    measure("s3 (rclone serve s3)", "s3://bench/ds")
+            except (RuntimeError, remote.StorageError) as exc:
+                rows.append({"source": "s3 (rclone serve s3)", "note": f"not run: {str(exc).splitlines()[0]}"})
+            try:
+                gcs = stack.enter_context(servers.GcsEmulator(tmp / "gcs"))
+                with _env(gcs.env()):
+                    remote.upload_dataset(ds, f"gs://{gcs.bucket}/ds")
+                    measure("gcs (gcp-storage-emulator)", f"gs://{gcs.bucket}/ds", note="the emulator is single-threaded Python")
+            except (RuntimeError, remote.StorageError) as exc:
+                rows.append({"source": "gcs (gcp-storage-emulator)", "note": f"not run: {str(exc).splitlines()[0]}"})
+            measure("map-style cache fill from http", http.url + "/ds", cache_fill, note="download + sha256 + rename")
+    finally:
+        if not workdir:
+            shutil.rmtree(tmp, ignore_errors=True)
+    base = rows[0]["mib_s"]
+    for r in rows:
+        r["ratio"] = r["mib_s"] / base if r.get("mib_s") else None
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'source':<36} {'MiB/s':>9} {'samples/s':>10} {'vs local':>9}  note", "-" * 80]
+    for r in rows:
+        if r.get("mib_s") is None:
+            lines.append(f"{r['source']:<36} {'-':>9} {'-':>10} {'-':>9}  {r.get('note', '')}")
+            continue
+        sps = f"{r['samples_s']:.0f}" if r.get("samples_s") else "-"
+        lines.append(f"{r['source']:<36} {r['mib_s']:>9.1f} {sps:>10} {r['ratio']:>8.2f}x  {r.get('note', '')}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.cloud_bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--mib", type=int, default=64, help="dataset size in MiB (default 64)")
+    ap.add_argument("--out", help="work folder to keep (default: a temporary one, removed)")
+    a = ap.parse_args(argv)
+    rows = run(a.mib, a.out)
+    print(f"streaming one epoch of the same {a.mib} MiB of shards, one run each (loopback)")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
