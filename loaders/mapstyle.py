@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from shardwriter import format as fmt
 
@@ -25,21 +25,79 @@ from . import storage
 from .transforms import normalize, resolve_act_mode
 
 
-class Batch(list):
-    """What ``__getitems__`` returns: a list of ``(x, y)`` pairs, plus the stacked tensors.
+def _finish(raw: torch.Tensor, targets: torch.Tensor, act_mode_8bit: bool | None, widen: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 inputs and raw targets -> what the model gets (``act_mode_8bit=None``: keep uint8)."""
+    inputs = raw if act_mode_8bit is None else normalize(raw, act_mode_8bit)
+    if widen:  # uint8 masks -> int64, in numpy (huge pages; see transforms.normalize_np)
+        targets = torch.from_numpy(targets.numpy().astype(np.int64))
+    return inputs, targets
 
-    Stock ``default_collate`` stacks the pairs as usual (one extra copy); :func:`collate`
-    returns ``(inputs, targets)`` directly without copying.
+
+class Batch(Sequence):
+    """What ``__getitems__`` returns: a batch read into one uint8 array, finished lazily.
+
+    It is a sequence of ``(x, y)`` pairs, so stock ``default_collate`` works (stacking
+    them again). :func:`collate` returns ``(inputs, targets)`` directly instead; inside a
+    DataLoader worker it sends the *uint8* batch to the main process (a quarter of the
+    float32 bytes through shared memory, masks an eighth of int64) and the batch is
+    normalized as it arrives there, bit-exact all the same.
     """
 
-    inputs: torch.Tensor
-    targets: torch.Tensor
+    def __init__(self, raw: torch.Tensor, targets: torch.Tensor, act_mode_8bit: bool | None, widen: bool) -> None:
+        self._wire = (raw, targets, act_mode_8bit, widen)
+        self._done: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def finished(cls, inputs: torch.Tensor, targets: torch.Tensor) -> Batch:
+        """A batch whose tensors are already final (e.g. after a per-sample transform)."""
+        batch = cls(inputs, targets, None, False)
+        batch._done = (inputs, targets)
+        return batch
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)``, stacked and final."""
+        if self._done is None:
+            self._done = _finish(*self._wire)
+        return self._done
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self.tensors()[0]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.tensors()[1]
+
+    def __len__(self) -> int:
+        return len(self._wire[0])
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        inputs, targets = self.tensors()
+        return inputs[k], targets[k]
+
+
+class _InTransit:
+    """A :class:`Batch` leaving a worker: pickles as its uint8 parts, unpickles as final tensors."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.wire = batch._wire if batch._done is None else (*batch._done, None, False)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _finish, self.wire
 
 
 def collate(batch: Any) -> Any:
-    """A ``collate_fn`` that passes :class:`Batch` through and falls back to ``default_collate``."""
+    """A ``collate_fn`` for :class:`ShardDataset` (falls back to ``default_collate``).
+
+    Returns ``(inputs, targets)`` without a second copy; in a DataLoader worker, the
+    batch crosses to the main process as uint8 and is normalized there on arrival.
+    """
     if isinstance(batch, Batch):
-        return batch.inputs, batch.targets
+        if get_worker_info() is not None and batch._done is None:
+            return _InTransit(batch)
+        return batch.tensors()
     return default_collate(batch)
 
 
@@ -183,11 +241,9 @@ class ShardDataset(Dataset):
         if self.target_kind == "class":
             return torch.from_numpy(self._label[idx])
         assert y is not None
-        if self.target_kind == "mask":
-            return torch.from_numpy(y.astype(np.int64))  # numpy: huge pages, see transforms.normalize_np
         return torch.from_numpy(y.astype(np.float32, copy=False))
 
-    def _read(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _read(self, indices: Sequence[int]) -> Batch:
         idx = np.fromiter((self._check(i) for i in indices), dtype=np.int64, count=len(indices))
         n = len(idx)
         x = np.empty((n, *self.input_shape), dtype=np.uint8)
@@ -199,12 +255,13 @@ class ShardDataset(Dataset):
         order = np.lexsort((self._x_off[idx], self._shard[idx]))
         for k in order.tolist():
             self._read_into(int(idx[k]), x[k], y[k] if y is not None else None, scratch)
-        if self.output == "float":
-            return normalize(x, resolve_act_mode(self.act_mode_8bit)), self._targets(idx, y)
-        return torch.from_numpy(x), self._targets(idx, y)
+        act = resolve_act_mode(self.act_mode_8bit) if self.output == "float" else None
+        if self.target_kind == "mask":
+            return Batch(torch.from_numpy(x), torch.from_numpy(y), act, widen=True)
+        return Batch(torch.from_numpy(x), self._targets(idx, y), act, widen=False)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = self._read([i])
+        xs, ys = self._read([i]).tensors()
         x = xs[0]
         if self.transform is not None:
             x = self.transform(x)
@@ -212,11 +269,10 @@ class ShardDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         """Read a batch in one sorted pass; returns a :class:`Batch` (see :func:`collate`)."""
-        xs, ys = self._read(indices)
+        batch = self._read(indices)
         if self.transform is not None:
-            xs = torch.stack([self.transform(x) for x in xs])
-        batch = Batch(zip(xs, ys))
-        batch.inputs, batch.targets = xs, ys
+            xs, ys = batch.tensors()
+            return Batch.finished(torch.stack([self.transform(x) for x in xs]), ys)
         return batch
 
     def source_name(self, i: int) -> str | None:

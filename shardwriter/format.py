@@ -12,6 +12,7 @@ incompatible change.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -187,11 +188,14 @@ def decode_record(payload: bytes, where: str = "record") -> Record:
     return Record(key=key, x=x, target_kind=kind, y=y, source=obj.get("src"))
 
 
+_LE_DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ("uint8", "int64", "float32")}
+
+
 def _array(buf: bytes, dtype: str, shape: Any, what: str) -> np.ndarray:
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
         raise FormatError(f"{what}: bad shape {shape!r}")
-    dt = np.dtype(dtype).newbyteorder("<")
-    want = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    dt = _LE_DTYPES[dtype]
+    want = math.prod(shape) * dt.itemsize  # math.prod: np.prod on a short list costs microseconds
     if len(buf) != want:
         raise FormatError(f"{what}: {len(buf)} bytes, shape {shape} {dtype} needs {want}")
     return np.frombuffer(buf, dtype=dt).reshape(shape).astype(dtype, copy=False)

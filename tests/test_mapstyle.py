@@ -171,3 +171,28 @@ def test_truncated_shard_and_stale_index_are_named(data, tmp_path):
     idx.write_bytes(fmt.encode_index(fmt.decode_index(idx.read_bytes(), "i")[:-1]))
     with pytest.raises(FormatError, match="train-000002.idx: 36 rows but the manifest says 37"):
         ShardDataset(copy, "train")
+
+
+def spy_collate(batch):
+    """What collate hands the DataLoader inside a worker, plus the batch as it arrives."""
+    out = collate(batch)
+    return type(out).__name__, out
+
+
+@pytest.mark.parametrize("act_mode_8bit", [False, True])
+def test_worker_batches_travel_as_uint8_and_arrive_bit_exact(tmp_path, act_mode_8bit):
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
+    masks = rng.integers(0, 3, (40, 8, 8)).astype(np.uint8)
+    np.savez(tmp_path / "m.npz", x=x, y=masks)
+    pack(NpzSource(tmp_path / "m.npz", test_fraction=0.0), tmp_path / "m", max_count=9, quiet=True)
+    ds = ShardDataset(tmp_path / "m", "train", act_mode_8bit=SimpleNamespace(act_mode_8bit=act_mode_8bit))
+    got = list(DataLoader(ds, batch_size=8, num_workers=2, collate_fn=spy_collate))
+    assert {name for name, _ in got} == {"_InTransit"}  # the worker sent uint8, not floats
+    inputs = torch.cat([b[0] for _, b in got])
+    targets = torch.cat([b[1] for _, b in got])
+    assert inputs.dtype == torch.float32 and targets.dtype == torch.int64
+    assert torch.equal(inputs, reference_normalize(torch.from_numpy(x), act_mode_8bit))
+    assert torch.equal(targets, torch.from_numpy(masks.astype(np.int64)))
+    in_process = [collate(ds.__getitems__(list(range(k, min(k + 8, 40))))) for k in range(0, 40, 8)]
+    assert torch.equal(inputs, torch.cat([b[0] for b in in_process]))
