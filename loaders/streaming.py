@@ -61,6 +61,7 @@ from .transforms import normalize, normalize_np, resolve_act_mode
 __all__ = ["StreamingShardDataset", "normalize_batch"]
 
 OUTPUTS = ("float", "uint8")
+_U8, _F32 = np.dtype(np.uint8), np.dtype("<f4")
 _SHARD_ORDER, _WINDOW = 1, 2  # domain tags that keep the two random streams apart
 
 
@@ -234,6 +235,7 @@ class StreamingShardDataset(IterableDataset):
         self.manifest: dict[str, Any] | None = None
         self.input_shape: tuple[int, ...] | None = None
         self.target_kind: str | None = None
+        self._target_shape: tuple[int, ...] | None = None  # known from the manifest or the first record
         if location is not None:
             self._shards = self._from_manifest(location, split)
         else:
@@ -250,6 +252,9 @@ class StreamingShardDataset(IterableDataset):
         self.manifest = m
         self.input_shape = tuple(m["input_shape"])
         self.target_kind = m["target"]["kind"]
+        tshape = m["target"].get("shape")
+        if self.target_kind == "class" or tshape is not None:
+            self._target_shape = tuple(tshape or ())
         loc = os.fspath(location)
         return [
             _Shard(storage.describe(loc, s["file"]), int(s["count"]), loc, s["file"], s["index"]["file"])
@@ -456,10 +461,10 @@ class StreamingShardDataset(IterableDataset):
         except OSError as exc:
             raise storage.StorageError(f"{shard.file}: cannot open shard ({exc.strerror or exc})") from None
 
-    def _read(self, shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[tuple[bytes, str]]:
+    def _read(self, shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[tuple[bytes, str, tuple[int, ...]]]:
         """Payloads of the given samples, in the given order (forward through each shard).
 
-        Yields ``(payload, where)``. Consecutive samples of a shard are read as one run
+        Yields ``(payload, where, index row)``. Consecutive samples of a shard are read as one run
         of :func:`~shardwriter.format.iter_tar_members` (every header checked); a run
         that ends at the shard's last sample also checks the end-of-archive marker, so
         a shard holding more or fewer samples than its index is an error.
@@ -488,6 +493,7 @@ class StreamingShardDataset(IterableDataset):
                 _advance(f, pos, header, shard.name)
                 pos = header
                 members = fmt.iter_tar_members(f, shard.name, start=header)
+                run_rows = rows[first:stop].tolist()
                 for k in range(first, stop):
                     m = next(members, None)
                     if m is None:
@@ -501,7 +507,7 @@ class StreamingShardDataset(IterableDataset):
                             f"(payload at byte {int(rows['offset'][k])}, {int(rows['size'][k])} bytes)"
                         )
                     pos = m.offset + len(m.payload) + (-len(m.payload) % fmt.BLOCK)
-                    yield m.payload, f"{shard.name} member {m.name!r} at byte {m.header_offset}"
+                    yield m.payload, f"{shard.name} member {m.name!r} at byte {m.header_offset}", run_rows[k - first]
                 if stop == shard.count:
                     extra = next(members, None)
                     if extra is not None:
@@ -519,14 +525,14 @@ class StreamingShardDataset(IterableDataset):
         outputs: np.ndarray,
         inputs: np.ndarray,
         read_order: np.ndarray,
-        reader: Iterator[tuple[bytes, str]],
+        reader: Iterator[tuple[bytes, str, tuple[int, ...]]],
         act: bool,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield this worker's samples (or batches) in output order from the forward reader."""
-        held: dict[int, tuple[bytes, str]] = {}  # read but not yet yielded: raw payloads only
+        held: dict[int, tuple[bytes, str, tuple[int, ...]]] = {}  # read but not yet yielded: raw payloads only
         arrivals = iter(read_order.tolist())
 
-        def take(j: int) -> fmt.Record:
+        def take(j: int) -> tuple[np.ndarray, Any]:
             while j not in held:
                 held[next(arrivals)] = next(reader)
             return self._decode(*held.pop(j))
@@ -542,35 +548,59 @@ class StreamingShardDataset(IterableDataset):
                     yield self._batch([take(j) for j in inputs[c : min(b, c + self.batch_size)].tolist()], act)
         next(reader, None)  # let the reader finish its last shard's checks (end-of-archive marker)
 
-    def _decode(self, payload: bytes, where: str) -> fmt.Record:
-        rec = fmt.decode_record(payload, where)
-        if self.input_shape is None:
-            self.input_shape, self.target_kind = tuple(rec.x.shape), rec.target_kind
-        if tuple(rec.x.shape) != self.input_shape or rec.target_kind != self.target_kind:
+    def _decode(self, payload: bytes, where: str, row: tuple[int, ...]) -> tuple[np.ndarray, Any]:
+        """A sample's ``(x, y)`` arrays, sliced out of its record where the index row says.
+
+        The first record of a dataset without a manifest is decoded in full (msgpack) to
+        learn the shapes; after that no record is parsed: the index locates the bytes.
+        """
+        if self.input_shape is None or self._target_shape is None:
+            rec = fmt.decode_record(payload, where)
+            if self.input_shape is None:
+                self.input_shape, self.target_kind = tuple(rec.x.shape), rec.target_kind
+            if tuple(rec.x.shape) != self.input_shape or rec.target_kind != self.target_kind:
+                raise fmt.FormatError(
+                    f"{where}: input {tuple(rec.x.shape)} with a {rec.target_kind} target; "
+                    f"the dataset has input {self.input_shape} with a {self.target_kind} target"
+                )
+            self._target_shape = tuple(np.shape(rec.y))
+        offset, _, x_off, x_len, y_off, y_len, label = row
+        try:
+            x = np.frombuffer(payload, np.uint8, x_len, x_off - offset).reshape(self.input_shape)
+            if self.target_kind == "class":
+                return x, label
+            dtype = _U8 if self.target_kind == "mask" else _F32
+            if y_len % dtype.itemsize:
+                raise ValueError("partial item")
+            return x, np.frombuffer(payload, dtype, y_len // dtype.itemsize, y_off - offset).reshape(self._target_shape)
+        except ValueError:
             raise fmt.FormatError(
-                f"{where}: input {tuple(rec.x.shape)} with a {rec.target_kind} target; "
-                f"the dataset has input {self.input_shape} with a {self.target_kind} target"
-            )
-        return rec
+                f"{where}: its index row does not fit the record (input {x_len} bytes, target {y_len} bytes; "
+                f"the dataset has input {self.input_shape} and target {self._target_shape})"
+            ) from None
 
-    def _sample(self, rec: fmt.Record, act: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.array(rec.x)) if self.output == "uint8" else torch.from_numpy(normalize_np(rec.x, act))
-        if rec.target_kind == "class":
-            return x, torch.tensor(rec.y, dtype=torch.int64)
-        dtype = np.int64 if rec.target_kind == "mask" else np.float32
-        return x, torch.from_numpy(np.array(rec.y, dtype=dtype))
+    def _sample(self, rec: tuple[np.ndarray, Any], act: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = rec
+        x = torch.from_numpy(np.array(x)) if self.output == "uint8" else torch.from_numpy(normalize_np(x, act))
+        if self.target_kind == "class":
+            return x, torch.tensor(y, dtype=torch.int64)
+        dtype = np.int64 if self.target_kind == "mask" else np.float32
+        return x, torch.from_numpy(np.array(y, dtype=dtype))
 
-    def _batch(self, recs: list[fmt.Record], act: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        first = recs[0]
-        xb = np.empty((len(recs), *first.x.shape), dtype=np.uint8)
-        if first.target_kind == "class":
-            yb = np.empty(len(recs), dtype=np.int64)
+    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.input_shape is not None and self._target_shape is not None
+        xb = np.empty((len(recs), *self.input_shape), dtype=np.uint8)
+        if self.target_kind == "class":
+            yb = np.fromiter((y for _, y in recs), dtype=np.int64, count=len(recs))
+            for t, (x, _) in enumerate(recs):
+                xb[t] = x
         else:
-            dtype = np.int64 if first.target_kind == "mask" else np.float32
-            yb = np.empty((len(recs), *np.shape(first.y)), dtype=dtype)
-        for t, rec in enumerate(recs):
-            xb[t] = rec.x
-            yb[t] = rec.y
+            small = np.uint8 if self.target_kind == "mask" else np.float32
+            ys = np.empty((len(recs), *self._target_shape), dtype=small)
+            for t, (x, y) in enumerate(recs):
+                xb[t] = x
+                ys[t] = y
+            yb = ys.astype(np.int64) if self.target_kind == "mask" else ys
         x = torch.from_numpy(xb)
         return (x if self.output == "uint8" else normalize(x, act)), torch.from_numpy(yb)
 
@@ -591,17 +621,10 @@ def _advance(f: IO[bytes], pos: int, target: int, shard: str) -> None:
 
 
 def _scan(path: str) -> np.ndarray:
-    """Index rows (payload offsets and sizes only) of a shard that has no index file."""
+    """Index rows of a shard that has no index file (built by reading it once)."""
     try:
         f = open(path, "rb", buffering=1 << 20)
     except OSError as exc:
         raise storage.StorageError(f"{path}: cannot open shard ({exc.strerror or exc})") from None
-    found = []
     with f:
-        for m in fmt.iter_tar_members(f, path):
-            fmt.member_key(m.name, f"{path} at byte {m.header_offset}")
-            found.append((m.offset, len(m.payload)))
-    rows = np.zeros(len(found), dtype=fmt.INDEX_DTYPE)
-    if found:
-        rows["offset"], rows["size"] = np.array(found, dtype=np.uint64).T
-    return rows
+        return fmt.build_index(f, path)

@@ -249,8 +249,8 @@ def _octal(field: bytes, what: str) -> int:
 def parse_tar_header(block: bytes, where: str) -> tuple[str, int, bytes]:
     """Check a header's checksum and return (name, size, typeflag). ``where`` names it."""
     stored = _octal(block[148:156], f"{where}: checksum")
-    blanked = block[:148] + b" " * 8 + block[156:]
-    if stored != sum(blanked) and stored != sum(b - 256 if b > 127 else b for b in blanked):  # old tars: signed
+    unsigned = sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as 8 spaces
+    if stored != unsigned and stored != unsigned - 256 * sum(1 for b in block if b > 127):  # old tars: signed
         raise FormatError(f"{where}: tar header checksum mismatch (corrupt or not a tar file)")
     name = block[0:100].split(b"\0", 1)[0]
     prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
@@ -315,7 +315,11 @@ def _pax_path(payload: bytes) -> str | None:
 
 
 def _read_exact(f: IO[bytes], n: int) -> bytes:
-    chunks = []
+    first = f.read(n)
+    if len(first) == n or not first:
+        return first
+    chunks = [first]
+    n -= len(first)
     while n > 0:
         chunk = f.read(n)
         if not chunk:
