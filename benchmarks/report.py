@@ -330,28 +330,27 @@ def plot(summary: dict[str, Any], path: Any, workers: int) -> str | None:
 
 #: What the profiles said where a floor was missed (py-spy, separate runs on the same machine,
 #: 2026-11-29, with the loaders as they were then). Static text: re-profile after changes.
-PROFILES = """### Profiles behind the misses (py-spy; separate runs, 2026-11-29)
+PROFILES = """### Profiles behind the misses, and what was changed (py-spy / cProfile; separate runs, 2026-11-29)
 
 - **Large samples, any reader with DataLoader workers.** In C's workers 36 % of the time went to
-  `UntypedStorage._share_fd_cpu_`: the finished batch (79 MB: float32 inputs and int64 masks) is copied into
-  `/dev/shm` to reach the main process. Writing that many fresh tmpfs pages (4 KiB pages; no huge pages for
-  shmem here) costs 55-65 ms per 32 samples whichever way it is done (allocating the batch in shared memory
-  first, as `default_collate` does in workers, saved only ~10 %), so every reader sits at ~0.6-0.9k samples/s
-  with 2 workers. A prototype that sends the uint8 batch (16 MB) and normalizes it as it arrives in the main
-  process (a `__reduce__` that calls `normalize` when unpickled) ran 1.6-2.8x faster; it changes where the
-  work happens, so it is a design decision for `loaders/mapstyle.py`, not taken here.
+  `UntypedStorage._share_fd_cpu_`: the finished batch (79 MB: float32 inputs and int64 masks) was copied into
+  `/dev/shm` to reach the main process; writing that many fresh tmpfs pages (4 KiB pages; no huge pages for
+  shmem here) cost 55-65 ms per 32 samples, capping every reader at ~0.6-0.9k samples/s with 2 workers.
+  **Changed:** `ShardDataset.__getitems__` + the entry's `collate` now send the *uint8* batch (16 MB: inputs
+  and the uint8 mask) and normalize / widen it as it arrives in the main process (`loaders.mapstyle.Batch`),
+  bit-exact; C with 2 workers went from ~0.8k to ~1.6k samples/s on AISegment_352. Peers and D still pay the
+  float transfer.
 - **torch's uint8 -> float32 conversion** of a 32x48x88x88 batch took 18 ms against numpy's 1.5 ms (numpy asks
-  for transparent huge pages on large arrays; page faults, not arithmetic, dominated). `loaders.transforms`
-  now converts CPU tensors with numpy; C and D both gained ~2.5x on large samples from it.
-- **D, small samples, one process**: per-sample Python. Of the time under the reader, `decode_record` took
-  ~47 % (a fifth of all of it in `_array`'s `np.prod(shape)` on a Python list: `math.prod` plus a cached
-  `np.dtype` made D 20-25 % faster in a patched run), reading tar members ~33 % (`parse_tar_header`,
-  buffered reads), the `Record`/member dataclasses the rest. C avoids all of it: one `preadv` per sample
-  straight into the batch array, located by the index, no msgpack decode. D reads each payload into a
-  file buffer, then bytes, then msgpack `bin`, then the batch (three copies where C makes none).
-- **D with 2 workers, and 5x B with 2 workers**: the DataLoader's per-batch transfer caps every reader (see
-  the first point; for small samples, ~0.5-1 ms of queue and shared-memory work per batch of 32 plus worker
-  start-up, which train.py pays every epoch).
+  for transparent huge pages on large arrays; page faults, not arithmetic, dominated). **Changed:**
+  `loaders.transforms` converts CPU tensors with numpy; C and D both gained ~2.5x on large samples.
+- **D, small samples, one process**: per-sample Python. `decode_record` took ~47 % of the reader's time and
+  reading tar members ~33 %. **Changed:** D now slices each sample's bytes out of its record at the offsets
+  its index row gives (no msgpack decode per sample; the tar header checksum is still checked), and the header
+  check no longer builds a blanked copy; D on small samples went from ~82k to ~130k samples/s in one process.
+  C avoids all of it: one `preadv` per sample straight into the batch array, no tar headers read at all.
+- **D with 2 workers, and 5x B with 2 workers**: the DataLoader's per-batch transfer caps every reader (for
+  small samples, ~0.5-1 ms of queue and shared-memory work per batch of 32 plus worker start-up, which
+  train.py pays every epoch).
 - **5x B at cold cache, one process, large samples**: this machine's disk reads the shard bytes cold at
   ~1.8-4.8k samples/s (G-raw), and B's extra cost (an `open` and an unpickle per sample) is small next to the
   conversion every reader does, so B runs at ~0.65k/s cold and ~0.9k/s warm. The note's 60 s vs 1450 s came

@@ -6,7 +6,8 @@ one ``os.preadv`` of sample i's input (and target) bytes from its shard; shards 
 opened lazily in whichever process reads them and file descriptors are never pickled, so
 the dataset works under fork and spawn and DataLoader workers share no file offsets.
 ``__getitems__`` (used by torch 2.x DataLoaders) reads a whole batch into one uint8
-array in shard order and normalizes it in one vectorized operation.
+array in shard order and normalizes it in one vectorized operation (a
+:class:`~loaders.batch.Batch`; hand DataLoaders :func:`~loaders.batch.collate`).
 """
 
 from __future__ import annotations
@@ -17,88 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate, get_worker_info
+from torch.utils.data import Dataset
 
 from shardwriter import format as fmt
 
 from . import storage
-from .transforms import normalize, resolve_act_mode
+from .batch import Batch, collate
+from .transforms import resolve_act_mode
 
-
-def _finish(raw: torch.Tensor, targets: torch.Tensor, act_mode_8bit: bool | None, widen: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 inputs and raw targets -> what the model gets (``act_mode_8bit=None``: keep uint8)."""
-    inputs = raw if act_mode_8bit is None else normalize(raw, act_mode_8bit)
-    if widen:  # uint8 masks -> int64, in numpy (huge pages; see transforms.normalize_np)
-        targets = torch.from_numpy(targets.numpy().astype(np.int64))
-    return inputs, targets
-
-
-class Batch(Sequence):
-    """What ``__getitems__`` returns: a batch read into one uint8 array, finished lazily.
-
-    It is a sequence of ``(x, y)`` pairs, so stock ``default_collate`` works (stacking
-    them again). :func:`collate` returns ``(inputs, targets)`` directly instead; inside a
-    DataLoader worker it sends the *uint8* batch to the main process (a quarter of the
-    float32 bytes through shared memory, masks an eighth of int64) and the batch is
-    normalized as it arrives there, bit-exact all the same.
-    """
-
-    def __init__(self, raw: torch.Tensor, targets: torch.Tensor, act_mode_8bit: bool | None, widen: bool) -> None:
-        self._wire = (raw, targets, act_mode_8bit, widen)
-        self._done: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @classmethod
-    def finished(cls, inputs: torch.Tensor, targets: torch.Tensor) -> Batch:
-        """A batch whose tensors are already final (e.g. after a per-sample transform)."""
-        batch = cls(inputs, targets, None, False)
-        batch._done = (inputs, targets)
-        return batch
-
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs, targets)``, stacked and final."""
-        if self._done is None:
-            self._done = _finish(*self._wire)
-        return self._done
-
-    @property
-    def inputs(self) -> torch.Tensor:
-        return self.tensors()[0]
-
-    @property
-    def targets(self) -> torch.Tensor:
-        return self.tensors()[1]
-
-    def __len__(self) -> int:
-        return len(self._wire[0])
-
-    def __getitem__(self, k: Any) -> Any:
-        if isinstance(k, slice):
-            return [self[j] for j in range(*k.indices(len(self)))]
-        inputs, targets = self.tensors()
-        return inputs[k], targets[k]
-
-
-class _InTransit:
-    """A :class:`Batch` leaving a worker: pickles as its uint8 parts, unpickles as final tensors."""
-
-    def __init__(self, batch: Batch) -> None:
-        self.wire = batch._wire if batch._done is None else (*batch._done, None, False)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _finish, self.wire
-
-
-def collate(batch: Any) -> Any:
-    """A ``collate_fn`` for :class:`ShardDataset` (falls back to ``default_collate``).
-
-    Returns ``(inputs, targets)`` without a second copy; in a DataLoader worker, the
-    batch crosses to the main process as uint8 and is normalized there on arrival.
-    """
-    if isinstance(batch, Batch):
-        if get_worker_info() is not None and batch._done is None:
-            return _InTransit(batch)
-        return batch.tensors()
-    return default_collate(batch)
+__all__ = ["Batch", "ShardDataset", "collate"]
 
 
 class ShardDataset(Dataset):

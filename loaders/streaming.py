@@ -56,6 +56,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from shardwriter import format as fmt
 
 from . import storage
+from .batch import Batch, for_transfer
 from .transforms import normalize, normalize_np, resolve_act_mode
 
 __all__ = ["StreamingShardDataset", "normalize_batch"]
@@ -587,7 +588,8 @@ class StreamingShardDataset(IterableDataset):
         dtype = np.int64 if self.target_kind == "mask" else np.float32
         return x, torch.from_numpy(np.array(y, dtype=dtype))
 
-    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool) -> Any:
+        """One batch, normalized once; from a DataLoader worker it travels as uint8 (:mod:`loaders.batch`)."""
         assert self.input_shape is not None and self._target_shape is not None
         xb = np.empty((len(recs), *self.input_shape), dtype=np.uint8)
         if self.target_kind == "class":
@@ -595,14 +597,12 @@ class StreamingShardDataset(IterableDataset):
             for t, (x, _) in enumerate(recs):
                 xb[t] = x
         else:
-            small = np.uint8 if self.target_kind == "mask" else np.float32
-            ys = np.empty((len(recs), *self._target_shape), dtype=small)
+            yb = np.empty((len(recs), *self._target_shape), dtype=np.uint8 if self.target_kind == "mask" else np.float32)
             for t, (x, y) in enumerate(recs):
                 xb[t] = x
-                ys[t] = y
-            yb = ys.astype(np.int64) if self.target_kind == "mask" else ys
-        x = torch.from_numpy(xb)
-        return (x if self.output == "uint8" else normalize(x, act)), torch.from_numpy(yb)
+                yb[t] = y
+        batch = Batch(torch.from_numpy(xb), torch.from_numpy(yb), None if self.output == "uint8" else act, self.target_kind == "mask")
+        return for_transfer(batch)
 
 
 def _advance(f: IO[bytes], pos: int, target: int, shard: str) -> None:

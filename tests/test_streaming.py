@@ -425,3 +425,22 @@ def test_explicit_shard_paths_with_and_without_index_files(even, tmp_path):
     with pytest.raises(ValueError, match="either"):
         StreamingShardDataset(even, shards=pattern)
     assert os.path.exists(even / "train-000000.idx")
+
+
+@pytest.mark.parametrize("act_mode_8bit", [False, True])
+def test_worker_batches_travel_as_uint8_and_arrive_bit_exact(tmp_path, act_mode_8bit):
+    ds_dir = make_dataset(tmp_path, 30, shape=(3, 6, 6), target="mask", max_count=4)
+    src = np.load(tmp_path / "src.npz")
+
+    def epoch(workers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ds = StreamingShardDataset(ds_dir, seed=2, batch_size=4, act_mode_8bit=act_mode_8bit)
+        got = list(DataLoader(ds, batch_size=None, num_workers=workers))
+        return torch.cat([x for x, _ in got]), torch.cat([y for _, y in got])
+
+    x0, y0 = epoch(0)
+    x2, y2 = epoch(2)
+    assert x2.dtype == torch.float32 and y2.dtype == torch.int64
+    assert torch.equal(x2, x0) and torch.equal(y2, y0)  # same order, same bits, with or without workers
+    order = numbers(x0) if not act_mode_8bit else [int(v) for v in ((x0[:, 0, 0, 0] + 128) + (x0[:, 0, 0, 1] + 128) * 256)]
+    assert torch.equal(x0, reference_normalize(torch.from_numpy(src["x"][order]), act_mode_8bit))
+    assert torch.equal(y0, torch.from_numpy(src["y"][order].astype(np.int64)))
