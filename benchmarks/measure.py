@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 import traceback
@@ -150,6 +151,8 @@ def run_epoch(approach: Any, ds: Any, case: Any, sig: np.ndarray, workers: int, 
 
 def create(req: dict[str, Any], approach: Any, case: Any) -> dict[str, Any]:
     out = Path(req["dir"])
+    if out.exists():  # a first run starts from nothing (and MDS refuses a non-empty folder)
+        shutil.rmtree(out)
     approach.imports()
     t0 = time.perf_counter()
     approach.create(case, req["src"], out)
