@@ -63,6 +63,11 @@ __all__ = ["StreamingShardDataset", "normalize_batch"]
 
 OUTPUTS = ("float", "uint8")
 _U8, _F32 = np.dtype(np.uint8), np.dtype("<f4")
+_Where = tuple[str, str, int]  # (shard, member name, header byte): formatted only when needed
+
+
+def _where(at: _Where) -> str:
+    return f"{at[0]} member {at[1]!r} at byte {at[2]}"
 _SHARD_ORDER, _WINDOW = 1, 2  # domain tags that keep the two random streams apart
 
 
@@ -462,10 +467,10 @@ class StreamingShardDataset(IterableDataset):
         except OSError as exc:
             raise storage.StorageError(f"{shard.file}: cannot open shard ({exc.strerror or exc})") from None
 
-    def _read(self, shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[tuple[bytes, str, tuple[int, ...]]]:
+    def _read(self, shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[tuple[bytes, _Where, tuple[int, ...]]]:
         """Payloads of the given samples, in the given order (forward through each shard).
 
-        Yields ``(payload, where, index row)``. Consecutive samples of a shard are read as one run
+        Yields ``(payload, where, index row)``; ``where`` is ``(shard, member, byte)``, formatted only for errors. Consecutive samples of a shard are read as one run
         of :func:`~shardwriter.format.iter_tar_members` (every header checked); a run
         that ends at the shard's last sample also checks the end-of-archive marker, so
         a shard holding more or fewer samples than its index is an error.
@@ -494,21 +499,22 @@ class StreamingShardDataset(IterableDataset):
                 _advance(f, pos, header, shard.name)
                 pos = header
                 members = fmt.iter_tar_members(f, shard.name, start=header)
-                run_rows = rows[first:stop].tolist()
-                for k in range(first, stop):
+                # column by column: a structured array's own tolist() costs microseconds a row
+                run_rows = zip(*(rows[name][first:stop].tolist() for name in fmt.INDEX_DTYPE.names))
+                for k, row in enumerate(run_rows, first):
                     m = next(members, None)
                     if m is None:
                         raise fmt.FormatError(
                             f"{shard.name}: end-of-archive marker at byte {pos}, where sample {k} of the {shard.count} "
                             "its index lists should start (the shard holds fewer samples)"
                         )
-                    if m.offset != int(rows["offset"][k]) or len(m.payload) != int(rows["size"][k]):
+                    if m.offset != row[0] or len(m.payload) != row[1]:
                         raise fmt.FormatError(
                             f"{shard.name}: member {m.name!r} at byte {m.header_offset} does not match index row {k} "
-                            f"(payload at byte {int(rows['offset'][k])}, {int(rows['size'][k])} bytes)"
+                            f"(payload at byte {row[0]}, {row[1]} bytes)"
                         )
                     pos = m.offset + len(m.payload) + (-len(m.payload) % fmt.BLOCK)
-                    yield m.payload, f"{shard.name} member {m.name!r} at byte {m.header_offset}", run_rows[k - first]
+                    yield m.payload, (shard.name, m.name, m.header_offset), row
                 if stop == shard.count:
                     extra = next(members, None)
                     if extra is not None:
@@ -526,11 +532,11 @@ class StreamingShardDataset(IterableDataset):
         outputs: np.ndarray,
         inputs: np.ndarray,
         read_order: np.ndarray,
-        reader: Iterator[tuple[bytes, str, tuple[int, ...]]],
+        reader: Iterator[tuple[bytes, _Where, tuple[int, ...]]],
         act: bool,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield this worker's samples (or batches) in output order from the forward reader."""
-        held: dict[int, tuple[bytes, str, tuple[int, ...]]] = {}  # read but not yet yielded: raw payloads only
+        held: dict[int, tuple[bytes, _Where, tuple[int, ...]]] = {}  # read but not yet yielded: raw payloads only
         arrivals = iter(read_order.tolist())
 
         def take(j: int) -> tuple[np.ndarray, Any]:
@@ -549,13 +555,14 @@ class StreamingShardDataset(IterableDataset):
                     yield self._batch([take(j) for j in inputs[c : min(b, c + self.batch_size)].tolist()], act)
         next(reader, None)  # let the reader finish its last shard's checks (end-of-archive marker)
 
-    def _decode(self, payload: bytes, where: str, row: tuple[int, ...]) -> tuple[np.ndarray, Any]:
+    def _decode(self, payload: bytes, at: _Where, row: tuple[int, ...]) -> tuple[np.ndarray, Any]:
         """A sample's ``(x, y)`` arrays, sliced out of its record where the index row says.
 
         The first record of a dataset without a manifest is decoded in full (msgpack) to
         learn the shapes; after that no record is parsed: the index locates the bytes.
         """
         if self.input_shape is None or self._target_shape is None:
+            where = _where(at)
             rec = fmt.decode_record(payload, where)
             if self.input_shape is None:
                 self.input_shape, self.target_kind = tuple(rec.x.shape), rec.target_kind
@@ -576,7 +583,7 @@ class StreamingShardDataset(IterableDataset):
             return x, np.frombuffer(payload, dtype, y_len // dtype.itemsize, y_off - offset).reshape(self._target_shape)
         except ValueError:
             raise fmt.FormatError(
-                f"{where}: its index row does not fit the record (input {x_len} bytes, target {y_len} bytes; "
+                f"{_where(at)}: its index row does not fit the record (input {x_len} bytes, target {y_len} bytes; "
                 f"the dataset has input {self.input_shape} and target {self._target_shape})"
             ) from None
 
