@@ -26,7 +26,7 @@ from shardwriter import format as fmt
 from shardwriter import remote
 from shardwriter.remote import StorageError
 
-__all__ = ["StorageError", "is_remote", "local_path", "open_stream", "read_bytes", "read_manifest"]
+__all__ = ["StorageError", "describe", "is_remote", "local_path", "open_stream", "read_bytes", "read_manifest"]
 
 _MANIFESTS: dict[str, dict[str, Any]] = {}
 _LOCK = threading.Lock()
