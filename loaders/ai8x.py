@@ -70,7 +70,7 @@ def entry(location: str, name: str | None = None, *, sub: str | None = None, wei
         "name": name or m["name"],
         "input": tuple(m["input_shape"]),
         "output": tuple(m["classes"]),
-        "loader": make_loader(sub if sub is not None else os.path.abspath(location) if "://" not in location else location),
+        "loader": make_loader(sub if sub is not None else location if "://" in location else os.path.abspath(location)),
         "collate": collate,
     }
     weights = m["splits"].get("train", {}).get("class_weights")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,21 +39,19 @@ def _num(cell: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str, float]:
+def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench-out")
     before = _digest(REPO_RESULTS)
-    t = time.perf_counter()
     # The peers (F) are optional extras and slow to import; the quick run here leaves them out.
     args = run.parse_args(["--quick", "--out", str(out), "--only", "A,B,C,D,E,G-raw,G-memmap"])
     summary, status = run.run(args, "ai8x-shards bench --quick (test)")
-    seconds = time.perf_counter() - t
     assert status == 0, (out / "RESULTS.md").read_text()
     assert _digest(REPO_RESULTS) == before, "the quick run must not overwrite benchmarks/RESULTS.md"
-    return summary, (out / "RESULTS.md").read_text(), seconds
+    return summary, (out / "RESULTS.md").read_text()
 
 
-def test_headline_has_our_rows_with_positive_rates(quick: tuple[dict, str, float]) -> None:
-    _, md, _ = quick
+def test_headline_has_our_rows_with_positive_rates(quick: tuple[dict, str]) -> None:
+    _, md = quick
     rows = _rows(md, "| approach | large, 1 process")
     for name in OURS:
         row = next((cells for label, cells in rows.items() if label.startswith(name)), None)
@@ -69,8 +66,8 @@ def test_headline_has_our_rows_with_positive_rates(quick: tuple[dict, str, float
             assert _num(cells[0]) > 0 and _num(cells[2]) > 0, (label, cells)
 
 
-def test_every_reader_delivered_every_sample_once(quick: tuple[dict, str, float]) -> None:
-    summary, md, _ = quick
+def test_every_reader_delivered_every_sample_once(quick: tuple[dict, str]) -> None:
+    summary, md = quick
     assert "**Failures:**" not in md
     for case, entry in summary.items():
         for key, s in entry["rows"].items():
@@ -80,8 +77,8 @@ def test_every_reader_delivered_every_sample_once(quick: tuple[dict, str, float]
             assert s["checks"] and all(v.startswith("ok") for v in s["checks"].values()), (case, key, s["checks"])
 
 
-def test_ratios_and_table1_are_computed(quick: tuple[dict, str, float]) -> None:
-    summary, md, _ = quick
+def test_ratios_and_table1_are_computed(quick: tuple[dict, str]) -> None:
+    summary, md = quick
     for case in ("large", "small"):
         rows = summary[case]["rows"]
         c = rows["C"]
