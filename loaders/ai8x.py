@@ -63,24 +63,24 @@ def entry(location: str, name: str | None = None, *, sub: str | None = None, wei
     the manifest. The loader reads ``sub`` relative to ``--data`` (default: ``location``
     itself, absolute).
     """
-    from .storage import read_manifest
+    from shardwriter.storage import open_store
 
-    m = read_manifest(location)
+    m = open_store(location).read_manifest()
     d: dict[str, Any] = {
-        "name": name or m["name"],
-        "input": tuple(m["input_shape"]),
-        "output": tuple(m["classes"]),
+        "name": name or m.name,
+        "input": tuple(m.input_shape),
+        "output": tuple(m.classes),
         "loader": make_loader(sub if sub is not None else location if "://" in location else os.path.abspath(location)),
         "collate": collate,
     }
-    weights = m["splits"].get("train", {}).get("class_weights")
-    if weight and weights and not m.get("regression"):
+    train = m.splits.get("train")
+    weights = train.class_weights if train is not None else None
+    if weight and weights and not m.regression:
         d["weight"] = tuple(weights)
-    if m.get("regression"):
+    if m.regression:
         d["regression"] = True
-    fold_ratio = m.get("preprocessing", {}).get("fold_ratio")
-    if fold_ratio and fold_ratio != 1:
-        d["fold_ratio"] = fold_ratio
+    if m.fold_ratio != 1:
+        d["fold_ratio"] = m.fold_ratio
     return d
 
 

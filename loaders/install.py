@@ -15,6 +15,8 @@ import pprint
 from pathlib import Path
 from typing import Any
 
+from shardwriter.errors import InstallError
+
 SHIM_NAME = "ai8x_shards.py"
 MARKER = "# ai8x-shards shim v1"
 
@@ -66,8 +68,6 @@ for _entry in ENTRIES:
 '''
 
 
-class InstallError(RuntimeError):
-    """The target is not an ai8x-training checkout, or holds a file we did not write."""
 
 
 def _shim_path(checkout: str | os.PathLike[str]) -> Path:

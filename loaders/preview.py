@@ -37,7 +37,7 @@ def tile(x: np.ndarray, fold_ratio: int, mask: np.ndarray | None = None) -> Imag
 def preview(location: str | os.PathLike[str], split: str = "test", n: int = 8, out: str | os.PathLike[str] = "preview.png") -> Path:
     """Write a grid of the first ``n`` samples of ``split`` to ``out``; returns its path."""
     ds = ShardDataset(location, split, output="uint8")
-    r = int(ds.manifest.get("preprocessing", {}).get("fold_ratio", 1) or 1)
+    r = ds.manifest.fold_ratio
     n = min(n, len(ds))
     if n == 0:
         raise ValueError(f"{location}: split {split} is empty")

@@ -1,86 +1,48 @@
-"""The streaming reader: an ``IterableDataset`` over the shards of one split.
+"""The streaming dataset: an ``IterableDataset`` over the shards of one split.
 
-This module owns the *epoch plan* (which rank and which DataLoader worker reads which
-sample, in which order), the window shuffle, reading the shards forward with their
-checks, batching with one vectorized normalize per batch, and the resumable state.
-It does not own the bytes (:mod:`shardwriter.format` parses headers, records and
-indexes), opening files (:mod:`loaders.storage`) or the normalize arithmetic
-(:mod:`loaders.transforms`).
-
-The epoch plan, in full (``N`` samples, ``R`` ranks, epoch ``e``):
-
-1. **Shard order.** With ``shuffle=True`` the shards are permuted by ``(seed, e)``
-   (``shuffle=False``: manifest order, and no window shuffle in step 3); the *global
-   sequence* is every sample of every shard, shard after shard in that order, each
-   shard in file order.
-2. **Ranks.** Each rank takes a contiguous range of ``P`` positions of the global
-   sequence: rank ``r`` gets positions ``r*P .. r*P + P - 1``. With ``drop_last=False``
-   ``P = ceil(N / R)`` and positions past the end wrap around to the start, so up to
-   ``R - 1`` samples are seen twice that epoch (like ``DistributedSampler``); with
-   ``drop_last=True`` ``P = floor(N / R)`` and the last ``N mod R`` positions are left
-   out that epoch. Every rank yields exactly ``P`` samples either way.
-3. **Window shuffle.** With ``shuffle=True`` a rank's ``P`` samples are reordered by a
-   window shuffle seeded by ``(seed, e, r)``: sample ``j`` gets the key
-   ``j + u * shuffle_buffer`` (``u`` uniform in [0, 1)) and the rank yields samples
-   in key order. No sample moves more than ``shuffle_buffer`` places, and a reader
-   holds at most ``shuffle_buffer`` raw payloads (bytes, never floats) at a time.
-   This is the *rank sequence*: a function of ``(seed, e, r, R)`` and the shard counts
-   only, never of the number of workers.
-4. **Workers.** The rank sequence is cut into chunks of ``batch_size`` samples (or
-   ``loader_batch_size``, or 1) and DataLoader worker ``w`` of ``W`` produces chunks
-   ``w, w + W, w + 2W, ...``. A stock ``DataLoader`` (``in_order=True``, the default)
-   takes one item from each worker in turn, so batches arrive in rank-sequence order
-   whatever ``num_workers`` is. Each worker reads only the samples of its own chunks,
-   forward through each shard, seeking over the rest with the shard's index. After
-   :meth:`StreamingShardDataset.load_state_dict` the chunks are cut from the resume
-   point instead of the start of the rank sequence.
+This module owns the dataset object: its settings, epoch and resume state, rank
+detection, and turning records into tensors (one vectorized normalize per batch, the
+per-sample hash checks). The epoch plan is :mod:`loaders.plan` (pure functions), reading
+shards forward with their checks is :mod:`loaders.reader`, the index and its checks are
+:mod:`loaders.index`, opening files is :mod:`shardwriter.storage`, the normalize
+arithmetic is :mod:`loaders.transforms`.
 
 Each worker computes its plan with numpy when an iteration starts (a few tens of bytes
-per sample of its rank, briefly); the samples themselves are never all in memory.
+per sample of its rank, briefly); the samples themselves are never all in memory, and a
+reader holds at most ``shuffle_buffer`` raw payloads.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import xxhash
 from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardwriter import format as fmt
+from shardwriter.errors import FormatError, SettingsError, StorageError
+from shardwriter.options import Options
+from shardwriter.storage import Store, open_regular, open_store
 
-from . import storage
+from . import plan
 from .batch import Batch, for_transfer
+from .index import SplitIndex, integrity_error, warn_unhashed
+from .reader import ShardRef, read_records
 from .transforms import normalize, normalize_np, resolve_act_mode
 
 __all__ = ["StreamingShardDataset", "normalize_batch"]
 
 OUTPUTS = ("float", "uint8")
 _U8, _F32 = np.dtype(np.uint8), np.dtype("<f4")
-_Where = tuple[str, str, int]  # (shard, member name, header byte): formatted only when needed
-
-
-def _where(at: _Where) -> str:
-    return f"{at[0]} member {at[1]!r} at byte {at[2]}"
-_SHARD_ORDER, _WINDOW = 1, 2  # domain tags that keep the two random streams apart
-
-
-@dataclass(frozen=True)
-class _Shard:
-    """One shard as the plan sees it; picklable, no open files."""
-
-    name: str  # what errors call it: the shard's path
-    count: int
-    location: str | None  # dataset folder (manifest mode) or None (explicit paths)
-    file: str  # file name inside ``location``, or the shard's path
-    index: str  # index file name inside ``location``, or the index's path
-    rows: np.ndarray | None = None  # rows found by a scan when there is no index file
+_xxh3 = xxhash.xxh3_64_intdigest
 
 
 def normalize_batch(
@@ -98,6 +60,71 @@ def normalize_batch(
     if device is not None:
         batch_inputs = batch_inputs.to(device, non_blocking=True)
     return normalize(batch_inputs, resolve_act_mode(act_mode_8bit))
+
+
+def _open_path(path: str, size: int) -> IO[bytes]:
+    return os.fdopen(open_regular(path, size, "shard"), "rb", buffering=1 << 20)
+
+
+def _open_store(store: Store, file: str, size: int, sha256: str) -> IO[bytes]:
+    return store.open_read(file, size=size, sha256=sha256)
+
+
+def index_from_paths(paths: list[str]) -> tuple[SplitIndex, fmt.Schema]:
+    """A :class:`SplitIndex` of explicit shard files (no manifest): each ``.idx`` beside its shard, or a scan.
+
+    Every index is checked against its shard's real size and the record layout of the
+    first record; keys cannot be checked against split positions (unknown here).
+    """
+    found: list[tuple[str, int, np.ndarray, int]] = []
+    for p in paths:
+        fd = open_regular(p, None, "shard")
+        try:
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        idx = p[: -len(".tar")] + ".idx" if p.endswith(".tar") else p + ".idx"
+        if os.path.exists(idx):
+            try:
+                buf = Path(idx).read_bytes()
+            except OSError as exc:
+                raise StorageError(f"{idx}: cannot read ({exc.strerror or exc})") from None
+            found.append((p, size, fmt.decode_index(buf, idx), fmt.index_version(buf, idx)))
+        else:
+            with _open_path(p, size) as f:
+                found.append((p, size, fmt.build_index(f, p, size), 2))
+    schema = _schema_of(found)
+    shards: list[fmt.ShardEntry] = []
+    parts, owner = [], []
+    hashed = all(v >= 2 for *_, v in found)
+    layout = fmt.record_layout(schema)
+    for p, size, rows, _ in found:
+        fmt.check_rows(rows, where=p, count=len(rows), shard_bytes=size, layout=layout, schema=schema, hashed=hashed)
+        owner.append(np.full(len(rows), len(shards), np.int32))
+        parts.append(rows)
+        shards.append(fmt.ShardEntry(p, size, "", count=len(rows), split="", number=len(shards), first=-1))
+    rows = np.concatenate(parts) if parts else np.zeros(0, fmt.INDEX_DTYPE)
+    ix = SplitIndex(shards, np.concatenate(owner) if owner else np.zeros(0, np.int32), rows["offset"].astype(np.int64),
+                    rows["size"].astype(np.int64), rows["x_off"].astype(np.int64), rows["y_off"].astype(np.int64),
+                    rows["label"].astype(np.int64), rows["x_hash"].astype(np.uint64), rows["y_hash"].astype(np.uint64), hashed)
+    return ix, schema
+
+
+def _schema_of(found: list[tuple[str, int, np.ndarray, int]]) -> fmt.Schema:
+    """The schema the first record of the first non-empty shard shows (shapes and target kind)."""
+    for p, _, rows, _ in found:
+        if len(rows):
+            fd = open_regular(p, None, "shard")
+            try:
+                payload = os.pread(fd, int(rows["size"][0]), int(rows["offset"][0]))
+            finally:
+                os.close(fd)
+            rec = fmt.decode_record(payload, f"{p} sample 0")
+            kind = rec.target_kind
+            shape = None if kind == "class" else tuple(np.shape(rec.y))
+            classes = range(fmt.schema.MAX_CLASSES if kind == "class" else 256 if kind == "mask" else 1)
+            return fmt.Schema(tuple(rec.x.shape), fmt.Target(kind, shape), tuple(classes))
+    return fmt.Schema((1,), fmt.Target("class"), (0,))
 
 
 class StreamingShardDataset(IterableDataset):
@@ -141,8 +168,7 @@ class StreamingShardDataset(IterableDataset):
     would keep the epoch and resume point they started with).
 
     Args:
-        location: dataset folder holding ``manifest.json`` (read with
-            :func:`loaders.storage.read_manifest`). Leave ``None`` and give ``shards``
+        location: dataset folder holding ``manifest.json`` (or its URL). Leave ``None`` and give ``shards``
             to read tar files without a manifest.
         split: which split of the manifest to read (``train``, ``test``, ``val``).
             Ignored with ``shards``.
@@ -170,11 +196,20 @@ class StreamingShardDataset(IterableDataset):
             num_workers>1)``, pass ``B`` so that each worker produces whole DataLoader
             batches in rank-sequence order (see the resume contract).
 
+        options: :class:`~shardwriter.options.Options` (storage, retries, per-sample
+            checks); default: read from the ``AI8X_SHARDS_*`` environment now.
+
+    Integrity: at construction every index file is checked (size and sha256 against
+    the manifest, every row against the record layout); while iterating, every member
+    header is checked against its index row and (format 2) every sample's bytes against
+    its hash; a shard read from a URL front to back is also checked against its sha256.
+
     Raises:
-        shardwriter.format.FormatError: while iterating, on a corrupt or truncated
-            shard (naming the shard and the byte offset), or a shard whose samples do
-            not match its index or the manifest's count.
-        loaders.storage.StorageError: a manifest, shard or index cannot be read.
+        shardwriter.errors.FormatError: a damaged manifest or index (at construction);
+            while iterating, a corrupt, truncated or swapped shard (naming the shard and
+            the byte offset), and :class:`~shardwriter.errors.IntegrityError` for a
+            sample whose bytes differ from what the writer wrote.
+        shardwriter.errors.StorageError: a manifest, shard or index cannot be read.
 
     Example::
 
@@ -191,7 +226,7 @@ class StreamingShardDataset(IterableDataset):
 
     def __init__(
         self,
-        location: str | os.PathLike[str] | None = None,
+        location: str | os.PathLike[str] | Store | None = None,
         split: str = "train",
         *,
         shuffle: bool = True,
@@ -205,25 +240,26 @@ class StreamingShardDataset(IterableDataset):
         world_size: int | None = None,
         shards: str | list[str | os.PathLike[str]] | None = None,
         loader_batch_size: int | None = None,
+        options: Options | None = None,
     ) -> None:
         super().__init__()
         if (location is None) == (shards is None):
-            raise ValueError("give either a dataset folder (location) or shards, not both")
+            raise SettingsError("give either a dataset folder (location) or shards, not both")
         if output not in OUTPUTS:
-            raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
+            raise SettingsError(f"output must be one of {OUTPUTS}, not {output!r}")
         for what, value in (("batch_size", batch_size), ("loader_batch_size", loader_batch_size)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{what} must be a positive integer or None, not {value!r}")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise SettingsError(f"{what} must be a positive integer or None, not {value!r}")
         if batch_size is not None and loader_batch_size is not None:
-            raise ValueError("batch_size (the dataset batches) and loader_batch_size (the DataLoader batches) exclude each other")
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-        if shuffle_buffer < 0:
-            raise ValueError(f"shuffle_buffer must be >= 0, not {shuffle_buffer}")
+            raise SettingsError("batch_size (the dataset batches) and loader_batch_size (the DataLoader batches) exclude each other")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise SettingsError(f"seed must be a non-negative integer, not {seed!r}")
+        if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+            raise SettingsError(f"shuffle_buffer must be an integer >= 0, not {shuffle_buffer!r}")
         if (rank is None) != (world_size is None):
-            raise ValueError("give both rank and world_size, or neither")
+            raise SettingsError("give both rank and world_size, or neither")
         if world_size is not None and rank is not None and not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+            raise SettingsError(f"rank {rank} is not in [0, {world_size})")
 
         self.split = split
         self.shuffle = bool(shuffle)
@@ -237,55 +273,33 @@ class StreamingShardDataset(IterableDataset):
         self._rank, self._world = rank, world_size
         self._epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, samples already delivered)
-
-        self.manifest: dict[str, Any] | None = None
-        self.input_shape: tuple[int, ...] | None = None
-        self.target_kind: str | None = None
-        self._target_shape: tuple[int, ...] | None = None  # known from the manifest or the first record
+        self.options = options or Options.from_env()
+        self.manifest: fmt.Manifest | None = None
+        self.store: Store | None = None
         if location is not None:
-            self._shards = self._from_manifest(location, split)
+            self.store = open_store(location, self.options)
+            self.manifest = m = self.store.read_manifest()
+            m.split(split, self.store.location)
+            self.index = SplitIndex.load(self.store, m, [split])
+            schema = m.schema
+            where = self.store.location
         else:
             assert shards is not None
-            self._shards = self._from_paths(shards)
-        self._counts = np.array([s.count for s in self._shards], dtype=np.int64)
-
-    # ------------------------------------------------------------------ construction
-
-    def _from_manifest(self, location: str | os.PathLike[str], split: str) -> list[_Shard]:
-        m = storage.read_manifest(location)
-        if split not in m["splits"]:
-            raise ValueError(f"{location}: no split {split!r}; the manifest has {sorted(m['splits'])}")
-        self.manifest = m
-        self.input_shape = tuple(m["input_shape"])
-        self.target_kind = m["target"]["kind"]
-        tshape = m["target"].get("shape")
-        if self.target_kind == "class" or tshape is not None:
-            self._target_shape = tuple(tshape or ())
-        loc = os.fspath(location)
-        return [
-            _Shard(storage.describe(loc, s["file"]), int(s["count"]), loc, s["file"], s["index"]["file"])
-            for s in m["splits"][split]["shards"]
-        ]
-
-    @staticmethod
-    def _from_paths(shards: str | list[str | os.PathLike[str]]) -> list[_Shard]:
-        patterns = [shards] if isinstance(shards, str) else [os.fspath(p) for p in shards]
-        paths = [p for pattern in patterns for p in braceexpand(pattern)]
-        if not paths:
-            raise ValueError("shards names no files")
-        out = []
-        for p in paths:
-            idx = p[: -len(".tar")] + ".idx" if p.endswith(".tar") else p + ".idx"
-            if os.path.exists(idx):
-                try:
-                    buf = Path(idx).read_bytes()
-                except OSError as exc:
-                    raise storage.StorageError(f"{idx}: cannot read ({exc.strerror or exc})") from None
-                out.append(_Shard(p, len(fmt.decode_index(buf, idx)), None, p, idx))
-            else:
-                rows = _scan(p)
-                out.append(_Shard(p, len(rows), None, p, idx, rows))
-        return out
+            patterns = [shards] if isinstance(shards, str) else [os.fspath(p) for p in shards]
+            paths = [p for pattern in patterns for p in braceexpand(pattern)]
+            if not paths:
+                raise SettingsError("shards names no files")
+            self.index, schema = index_from_paths(paths)
+            where = paths[0]
+        self.input_shape: tuple[int, ...] = schema.input_shape
+        self.target_kind: str = schema.target.kind
+        self._target_shape = schema.target.served_shape
+        self._x_len = int(np.prod(self.input_shape))
+        self._counts = np.array([s.count for s in self.index.shards], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]]).astype(np.int64) if len(self._counts) else self._counts
+        self._verify = self.index.hashed and self.options.verify_samples
+        if not self.index.hashed:
+            warn_unhashed(where)
 
     # ------------------------------------------------------------------ epoch and ranks
 
@@ -305,8 +319,8 @@ class StreamingShardDataset(IterableDataset):
         A resume point loaded by :meth:`load_state_dict` is kept only if ``epoch`` is
         the epoch it was saved in.
         """
-        if not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, not {epoch!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise SettingsError(f"epoch must be a non-negative integer, not {epoch!r}")
         if self._resume is not None and self._resume[0] != epoch:
             self._resume = None
         self._epoch = epoch
@@ -318,35 +332,25 @@ class StreamingShardDataset(IterableDataset):
         if dist.is_available() and dist.is_initialized():
             return dist.get_rank(), dist.get_world_size()
         if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            try:
+                rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            except ValueError:
+                raise SettingsError(f"environment RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} are not integers") from None
             if not 0 <= rank < world:
-                raise ValueError(f"environment RANK={rank} is not in [0, WORLD_SIZE={world})")
+                raise SettingsError(f"environment RANK={rank} is not in [0, WORLD_SIZE={world})")
             return rank, world
         return 0, 1
 
     def samples_per_rank(self) -> int:
         """Samples each rank yields per epoch (the remainder policy applied, batching not)."""
-        return self._per_rank(self.rank_and_world_size()[1])
-
-    def _per_rank(self, world: int) -> int:
-        n = self.num_samples
-        return n // world if self.drop_last else -(-n // world)
-
-    def _samples_out(self, per_rank: int) -> int:
-        """Samples a rank actually emits: ``per_rank`` less a dropped short batch."""
-        if self.drop_last and self.batch_size:
-            return per_rank - per_rank % self.batch_size
-        return per_rank
+        return plan.per_rank(self.num_samples, self.rank_and_world_size()[1], self.drop_last)
 
     def __len__(self) -> int:
         """Items this rank yields in a whole epoch: samples, or batches with ``batch_size``.
 
         The same on every rank. A resumed epoch yields fewer (the remainder only).
         """
-        per_rank = self.samples_per_rank()
-        if self.batch_size is None:
-            return per_rank
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        return plan.items_per_epoch(self.samples_per_rank(), self.batch_size, self.drop_last)
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for a DataLoader worker: pin the rank and world size now, in the main
@@ -365,11 +369,11 @@ class StreamingShardDataset(IterableDataset):
         over the epoch began; a pass that itself resumed adds its starting point, so
         the returned ``"consumed"`` is always counted from the start of the epoch.
         """
-        per_rank = self._samples_out(self.samples_per_rank())
+        rank_out = plan.samples_out(self.samples_per_rank(), self.batch_size, self.drop_last)
         start = self._resume[1] if self._resume is not None and self._resume[0] == self._epoch else 0
         total = start + int(consumed)
-        if consumed < 0 or total > per_rank:
-            raise ValueError(f"consumed={consumed}: this rank delivers {per_rank - start} samples in this pass")
+        if consumed < 0 or total > rank_out:
+            raise SettingsError(f"consumed={consumed}: this rank delivers {rank_out - start} samples in this pass")
         return {
             "epoch": self._epoch,
             "consumed": total,
@@ -382,166 +386,62 @@ class StreamingShardDataset(IterableDataset):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue epoch ``state["epoch"]`` after its first ``state["consumed"]`` samples.
 
-        Raises ``ValueError`` if the state was saved with another seed, shuffle
-        setting, world size or number of samples (the remaining samples would differ).
+        Raises :class:`~shardwriter.errors.SettingsError` if the state was saved with
+        another seed, shuffle setting, world size or number of samples (the remaining
+        samples would differ).
         """
         mine = {"seed": self.seed, "shuffle": self.shuffle, "world_size": self.rank_and_world_size()[1], "num_samples": self.num_samples}
         for key, value in mine.items():
             if key in state and state[key] != value:
-                raise ValueError(f"state was saved with {key}={state[key]!r}, this dataset has {value!r}")
+                raise SettingsError(f"state was saved with {key}={state[key]!r}, this dataset has {value!r}")
         epoch, consumed = int(state["epoch"]), int(state["consumed"])
         if epoch < 0 or consumed < 0:
-            raise ValueError(f"bad state: epoch {epoch}, consumed {consumed}")
+            raise SettingsError(f"bad state: epoch {epoch}, consumed {consumed}")
         self._epoch = epoch
         self._resume = (epoch, consumed)
 
     # ------------------------------------------------------------------ iteration
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         rank, world = self.rank_and_world_size()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         act = resolve_act_mode(self.act_mode_8bit)
-        outputs, inputs = self._worker_plan(self._epoch, rank, world, worker, workers)
-        shard_ids, withins = self._locate(self._epoch, rank, world, inputs)
-        order = np.argsort(inputs, kind="stable")
-        reader = self._read(shard_ids[order], withins[order])
-        return self._emit(outputs, inputs, inputs[order], reader, act)
-
-    def _worker_plan(self, epoch: int, rank: int, world: int, worker: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
-        """This worker's outputs (positions in the rank sequence) and the rank inputs they read."""
-        per_rank = self._per_rank(world)
-        end = self._samples_out(per_rank)
+        epoch = self._epoch
         start = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
-        start = min(start, end)
-        chunk = self.batch_size or self.loader_batch_size or 1
-        positions = np.arange(start, end, dtype=np.int64)
-        outputs = positions[((positions - start) // chunk) % workers == worker]
-        if not self.shuffle or self.shuffle_buffer <= 1 or per_rank <= 1:
-            return outputs, outputs
-        rng = np.random.default_rng([self.seed, epoch, _WINDOW, rank])
-        keys = np.arange(per_rank, dtype=np.float64) + rng.random(per_rank) * self.shuffle_buffer
-        perm = np.argsort(keys, kind="stable")
-        return outputs, perm[outputs]
+        p = plan.worker_plan(self._counts, seed=self.seed, epoch=epoch, rank=rank, world=world, worker=worker,
+                             workers=workers, shuffle=self.shuffle, buffer=self.shuffle_buffer, drop_last=self.drop_last,
+                             chunk=self.batch_size or self.loader_batch_size or 1, batch_size=self.batch_size, start=start)
+        order = np.argsort(p.inputs, kind="stable")
+        rows = (self._starts[p.shards] + p.withins)[order]
+        reader = read_records(self._refs(), self._offsets, p.shards[order], p.withins[order])
+        return self._emit(p.outputs, p.inputs, p.inputs[order], rows, reader, act)
 
-    def _locate(self, epoch: int, rank: int, world: int, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(shard number, sample number within the shard) of rank inputs ``inputs``."""
-        n = self.num_samples
-        if n == 0:
-            return inputs, inputs
-        if self.shuffle:
-            shard_order = np.random.default_rng([self.seed, epoch, _SHARD_ORDER]).permutation(len(self._shards))
-        else:
-            shard_order = np.arange(len(self._shards))
-        counts = self._counts[shard_order]
-        ends = np.cumsum(counts)
-        g = (rank * self._per_rank(world) + inputs) % n  # position in the epoch's global sequence
-        k = np.searchsorted(ends, g, side="right")
-        return shard_order[k], g - (ends[k] - counts[k])
+    def _refs(self) -> list[ShardRef]:
+        refs = []
+        for s in self.index.shards:
+            if self.store is not None:
+                opener = partial(_open_store, self.store, s.file, s.bytes, s.sha256)
+                name = self.store.describe(s.file)
+            else:
+                opener, name = partial(_open_path, s.file, s.bytes), s.file
+            refs.append(ShardRef(name, s.count, s.first if s.first >= 0 else None, opener))
+        return refs
 
-    def _rows(self, shard: _Shard) -> np.ndarray:
-        """The shard's index rows; their number must match the shard's count."""
-        if shard.rows is not None:
-            return shard.rows
-        if shard.location is not None:
-            buf = storage.read_bytes(shard.location, shard.index)
-            where = storage.describe(shard.location, shard.index)
-        else:
-            where = shard.index
-            try:
-                buf = Path(shard.index).read_bytes()
-            except OSError as exc:
-                raise storage.StorageError(f"{where}: cannot read ({exc.strerror or exc})") from None
-        rows = fmt.decode_index(buf, where)
-        if len(rows) != shard.count:
-            source = "the manifest says" if shard.location is not None else "it listed when this dataset was made"
-            raise fmt.FormatError(f"{where}: lists {len(rows)} samples of {shard.name}, not the {shard.count} {source}")
-        return rows
+    def _offsets(self, s: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self._starts[s]), int(self._starts[s] + self._counts[s])
+        return self.index.offset[a:b], self.index.size[a:b]
 
-    @staticmethod
-    def _open(shard: _Shard) -> IO[bytes]:
-        if shard.location is not None:
-            return storage.open_stream(shard.location, shard.file)
-        try:
-            return open(shard.file, "rb", buffering=1 << 20)
-        except OSError as exc:
-            raise storage.StorageError(f"{shard.file}: cannot open shard ({exc.strerror or exc})") from None
-
-    def _read(self, shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[tuple[bytes, _Where, tuple[int, ...]]]:
-        """Payloads of the given samples, in the given order (forward through each shard).
-
-        Yields ``(payload, where, index row)``; ``where`` is ``(shard, member, byte)``, formatted only for errors. Consecutive samples of a shard are read as one run
-        of :func:`~shardwriter.format.iter_tar_members` (every header checked); a run
-        that ends at the shard's last sample also checks the end-of-archive marker, so
-        a shard holding more or fewer samples than its index is an error.
-        """
-        n = len(shard_ids)
-        if n == 0:
-            return
-        cut = np.flatnonzero((np.diff(shard_ids) != 0) | (np.diff(withins) != 1)) + 1
-        f: IO[bytes] | None = None
-        current, pos = -1, 0
-        rows = np.empty(0, dtype=fmt.INDEX_DTYPE)
-        try:
-            for a, b in zip(np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [n]]).tolist()):
-                number, first, stop = int(shard_ids[a]), int(withins[a]), int(withins[b - 1]) + 1
-                shard = self._shards[number]
-                if number != current:
-                    rows, current = self._rows(shard), number
-                    if f is not None:
-                        f.close()
-                        f = None
-                header = int(rows["offset"][first]) - fmt.BLOCK
-                if f is None or header < pos:  # a new shard, or a shard met again after wrapping
-                    if f is not None:
-                        f.close()
-                    f, pos = self._open(shard), 0
-                _advance(f, pos, header, shard.name)
-                pos = header
-                members = fmt.iter_tar_members(f, shard.name, start=header)
-                # column by column: a structured array's own tolist() costs microseconds a row
-                run_rows = zip(*(rows[name][first:stop].tolist() for name in fmt.INDEX_DTYPE.names))
-                for k, row in enumerate(run_rows, first):
-                    m = next(members, None)
-                    if m is None:
-                        raise fmt.FormatError(
-                            f"{shard.name}: end-of-archive marker at byte {pos}, where sample {k} of the {shard.count} "
-                            "its index lists should start (the shard holds fewer samples)"
-                        )
-                    if m.offset != row[0] or len(m.payload) != row[1]:
-                        raise fmt.FormatError(
-                            f"{shard.name}: member {m.name!r} at byte {m.header_offset} does not match index row {k} "
-                            f"(payload at byte {row[0]}, {row[1]} bytes)"
-                        )
-                    pos = m.offset + len(m.payload) + (-len(m.payload) % fmt.BLOCK)
-                    yield m.payload, (shard.name, m.name, m.header_offset), row
-                if stop == shard.count:
-                    extra = next(members, None)
-                    if extra is not None:
-                        raise fmt.FormatError(
-                            f"{shard.name}: holds more than the {shard.count} samples its index lists "
-                            f"(member {extra.name!r} at byte {extra.header_offset})"
-                        )
-                    pos += fmt.BLOCK
-        finally:
-            if f is not None:
-                f.close()
-
-    def _emit(
-        self,
-        outputs: np.ndarray,
-        inputs: np.ndarray,
-        read_order: np.ndarray,
-        reader: Iterator[tuple[bytes, _Where, tuple[int, ...]]],
-        act: bool,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _emit(self, outputs: np.ndarray, inputs: np.ndarray, read_order: np.ndarray, read_rows: np.ndarray,
+              reader: Iterator[bytes], act: bool) -> Iterator[Any]:
         """Yield this worker's samples (or batches) in output order from the forward reader."""
-        held: dict[int, tuple[bytes, _Where, tuple[int, ...]]] = {}  # read but not yet yielded: raw payloads only
-        arrivals = iter(read_order.tolist())
+        held: dict[int, tuple[bytes, int]] = {}  # read but not yet yielded: raw payloads only
+        arrivals = iter(zip(read_order.tolist(), read_rows.tolist()))
 
         def take(j: int) -> tuple[np.ndarray, Any]:
             while j not in held:
-                held[next(arrivals)] = next(reader)
+                pos, row = next(arrivals)
+                held[pos] = (next(reader), row)
             return self._decode(*held.pop(j))
 
         if self.batch_size is None:
@@ -555,37 +455,30 @@ class StreamingShardDataset(IterableDataset):
                     yield self._batch([take(j) for j in inputs[c : min(b, c + self.batch_size)].tolist()], act)
         next(reader, None)  # let the reader finish its last shard's checks (end-of-archive marker)
 
-    def _decode(self, payload: bytes, at: _Where, row: tuple[int, ...]) -> tuple[np.ndarray, Any]:
-        """A sample's ``(x, y)`` arrays, sliced out of its record where the index row says.
+    def _decode(self, payload: bytes, i: int) -> tuple[np.ndarray, Any]:
+        """Sample ``i``'s ``(x, y)``, sliced out of its record where the index says, its hashes checked."""
+        ix = self.index
+        base = int(ix.offset[i])
+        x_len = self._x_len
+        x_at = int(ix.x_off[i]) - base
+        xb = memoryview(payload)[x_at : x_at + x_len]
+        label = int(ix.label[i])
+        if self._verify and _xxh3(xb, label + 1) != int(ix.x_hash[i]):
+            raise self._sample_error(i, "its input bytes" if self.target_kind != "class" else "its input bytes or label")
+        x = np.frombuffer(payload, np.uint8, x_len, x_at).reshape(self.input_shape)
+        if self.target_kind == "class":
+            return x, label
+        dtype = _U8 if self.target_kind == "mask" else _F32
+        n = int(np.prod(self._target_shape, dtype=np.int64))
+        y_at = int(ix.y_off[i]) - base
+        if self._verify and _xxh3(memoryview(payload)[y_at : y_at + n * dtype.itemsize]) != int(ix.y_hash[i]):
+            raise self._sample_error(i, "its target bytes")
+        return x, np.frombuffer(payload, dtype, n, y_at).reshape(self._target_shape)
 
-        The first record of a dataset without a manifest is decoded in full (msgpack) to
-        learn the shapes; after that no record is parsed: the index locates the bytes.
-        """
-        if self.input_shape is None or self._target_shape is None:
-            where = _where(at)
-            rec = fmt.decode_record(payload, where)
-            if self.input_shape is None:
-                self.input_shape, self.target_kind = tuple(rec.x.shape), rec.target_kind
-            if tuple(rec.x.shape) != self.input_shape or rec.target_kind != self.target_kind:
-                raise fmt.FormatError(
-                    f"{where}: input {tuple(rec.x.shape)} with a {rec.target_kind} target; "
-                    f"the dataset has input {self.input_shape} with a {self.target_kind} target"
-                )
-            self._target_shape = tuple(np.shape(rec.y))
-        offset, _, x_off, x_len, y_off, y_len, label = row
-        try:
-            x = np.frombuffer(payload, np.uint8, x_len, x_off - offset).reshape(self.input_shape)
-            if self.target_kind == "class":
-                return x, label
-            dtype = _U8 if self.target_kind == "mask" else _F32
-            if y_len % dtype.itemsize:
-                raise ValueError("partial item")
-            return x, np.frombuffer(payload, dtype, y_len // dtype.itemsize, y_off - offset).reshape(self._target_shape)
-        except ValueError:
-            raise fmt.FormatError(
-                f"{_where(at)}: its index row does not fit the record (input {x_len} bytes, target {y_len} bytes; "
-                f"the dataset has input {self.input_shape} and target {self._target_shape})"
-            ) from None
+    def _sample_error(self, i: int, what: str) -> FormatError:
+        shard, _ = self.index.position(i)
+        where = self.store.location if self.store is not None else shard.file
+        return integrity_error(where, Path(shard.file).name, self.index.describe(i), what)
 
     def _sample(self, rec: tuple[np.ndarray, Any], act: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = rec
@@ -597,7 +490,6 @@ class StreamingShardDataset(IterableDataset):
 
     def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool) -> Any:
         """One batch, normalized once; from a DataLoader worker it travels as uint8 (:mod:`loaders.batch`)."""
-        assert self.input_shape is not None and self._target_shape is not None
         xb = np.empty((len(recs), *self.input_shape), dtype=np.uint8)
         if self.target_kind == "class":
             yb = np.fromiter((y for _, y in recs), dtype=np.int64, count=len(recs))
@@ -610,28 +502,3 @@ class StreamingShardDataset(IterableDataset):
                 yb[t] = y
         batch = Batch(torch.from_numpy(xb), torch.from_numpy(yb), None if self.output == "uint8" else act, self.target_kind == "mask")
         return for_transfer(batch)
-
-
-def _advance(f: IO[bytes], pos: int, target: int, shard: str) -> None:
-    """Move ``f`` from byte ``pos`` forward to byte ``target`` (seek, or read and drop)."""
-    if target == pos:
-        return
-    if f.seekable():
-        f.seek(target)
-        return
-    left = target - pos
-    while left > 0:
-        got = len(f.read(min(left, 1 << 20)))
-        if got == 0:
-            raise fmt.FormatError(f"{shard}: ends at byte {target - left}, before byte {target} (truncated)")
-        left -= got
-
-
-def _scan(path: str) -> np.ndarray:
-    """Index rows of a shard that has no index file (built by reading it once)."""
-    try:
-        f = open(path, "rb", buffering=1 << 20)
-    except OSError as exc:
-        raise storage.StorageError(f"{path}: cannot open shard ({exc.strerror or exc})") from None
-    with f:
-        return fmt.build_index(f, path)

@@ -117,7 +117,7 @@ def pack(
     skip_bad: bool = False,
     quiet: bool | None = None,
     overwrite: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[fmt.Manifest]:
     """Pack ``source`` into ``out``; returns the manifest of each output folder.
 
     Raises :class:`PackError` on bad input (naming the item and the problem) unless
@@ -134,7 +134,7 @@ def pack(
     job: dict[str, Any] | None = json.loads(job_path.read_text()) if job_path.exists() else None
     if job is None and len(existing) == len(dirs):
         manifests = [fmt.parse_manifest(p.read_bytes(), str(p)) for p in existing]
-        if all(m["source"]["fingerprint"] == fp for m in manifests):
+        if all(m.fingerprint == fp for m in manifests):
             return manifests  # already complete: nothing to do
     stale = (job is not None and job.get("fingerprint") != fp) or (job is None and existing)
     if not stale and job is None:
@@ -184,8 +184,9 @@ def pack(
 
     manifests = []
     for spec in specs:
-        m = _manifest(spec, source, fp, job, skipped)
-        write_atomic(dirs[spec.subdir] / fmt.MANIFEST_NAME, fmt.dump_manifest(m))
+        path = dirs[spec.subdir] / fmt.MANIFEST_NAME
+        m = fmt.manifest_from_json(_manifest(spec, source, fp, job, skipped), str(path))  # what a reader will accept
+        write_atomic(path, m.dump())
         manifests.append(m)
     job_path.unlink()
     return manifests
@@ -307,4 +308,5 @@ def _manifest(spec: OutputSpec, source: Source, fp: str, job: dict[str, Any], sk
         "splits": splits,
         "source": {"kind": source.kind, "fingerprint": fp},
         "skipped": {"count": len(skipped), "inputs": [{k: r[k] for k in ("split", "name", "reason")} for r in skipped]},
+        "sample_hash": fmt.SAMPLE_HASH,
     }

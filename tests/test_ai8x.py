@@ -18,7 +18,7 @@ from loaders.install import InstallError, install, installed_entries, uninstall
 from loaders.preview import preview
 from loaders.transforms import prepare_image
 from shardwriter import pack
-from shardwriter.cli import main as cli
+from ai8x_shards.cli import main as cli
 from shardwriter.sources import AISegmentSource
 from shardwriter.synth import synth_aisegment
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from shardwriter import format as fmt
-from shardwriter.cli import main
+from ai8x_shards.cli import main
 from shardwriter.pack import PackError, pack
 from shardwriter.sources import AISegmentSource
 from shardwriter.sources.base import BadInput
@@ -81,7 +81,7 @@ def read_records(folder: Path) -> dict[str, list[fmt.Record]]:
         recs = out.setdefault(split, [])
         for shard in info["shards"]:
             with open(folder / shard["file"], "rb") as f:
-                for member in fmt.iter_tar_members(f, shard["file"]):
+                for member in fmt.iter_tar_members(f, shard["file"], shard["bytes"]):
                     key = fmt.member_key(member.name, shard["file"])
                     rec = fmt.decode_record(member.payload, f"{shard['file']} {key}")
                     assert rec.key == key
@@ -276,9 +276,9 @@ def test_one_decode_per_file_for_both_variants(small: Path, tmp_path: Path, monk
     expected = sorted(images + [ref_matte_file(small, rel).relative_to(small).as_posix() for rel in images])
     assert sorted(opened) == expected  # each image and each matte opened exactly once
     assert sorted(decoders) == sorted(["jpeg"] * len(images) + ["zip"] * len(images))  # and decoded once
-    assert [m["name"] for m in manifests] == ["AISegment_80", "AISegment_352"]
+    assert [m.name for m in manifests] == ["AISegment_80", "AISegment_352"]
     for m in manifests:
-        assert sum(s["count"] for s in m["splits"].values()) == 3 * len(images)
+        assert sum(s.count for s in m.splits.values()) == 3 * len(images)
 
 
 def test_workers_give_identical_bytes(raw: Path, packed: Path, tmp_path: Path) -> None:
@@ -293,7 +293,7 @@ def test_workers_give_identical_bytes(raw: Path, packed: Path, tmp_path: Path) -
 
 def test_only_requested_variants(small: Path, tmp_path: Path) -> None:
     (m,) = pack(AISegmentSource(small, variants=[352]), tmp_path / "o", quiet=True)
-    assert m["name"] == "AISegment_352" and m["input_shape"] == [48, 88, 88]
+    assert m.name == "AISegment_352" and m.input_shape == (48, 88, 88)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["AISegment_352"]
     with pytest.raises(ValueError, match="variant 96"):
         AISegmentSource(small, variants=[80, 96])
@@ -369,13 +369,13 @@ def test_skip_bad_counts_names_and_keeps_the_rest(small: Path, tmp_path: Path) -
     good = [rel for rel in images_of(small) if rel not in broken]
     assert len(good) == 2
     for m in manifests:
-        assert m["skipped"]["count"] == 4
-        skipped = {r["name"]: r for r in m["skipped"]["inputs"]}
+        assert len(m.skipped) == 4
+        skipped = {r.name: r for r in m.skipped}
         assert set(skipped) == set(broken)
         for how, rel, named in damaged:
-            assert named in f"{rel}: {skipped[rel]['reason']}" and REASONS[how] in skipped[rel]["reason"]
-            assert skipped[rel]["split"] == ref_split(rel, 0.5, 0.0)
-        assert sum(s["count"] for s in m["splits"].values()) == 3 * len(good)
+            assert named in f"{rel}: {skipped[rel].reason}" and REASONS[how] in skipped[rel].reason
+            assert skipped[rel].split == ref_split(rel, 0.5, 0.0)
+        assert sum(s.count for s in m.splits.values()) == 3 * len(good)
     check_against_reference(out, small, good, 0.5, 0.0)
 
 
@@ -397,7 +397,7 @@ def test_cli_synth_and_pack(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert main(["pack", "aisegment", str(raw), str(tmp_path / "o80"), "--variants", "80", "--quiet"]) == 0
     assert sorted(p.name for p in (tmp_path / "o80").iterdir()) == ["AISegment_80"]
     rel, named = _break(raw, "missing_matte")
-    assert main(["pack", "aisegment", str(raw), str(tmp_path / "bad"), "--quiet"]) == 2
+    assert main(["pack", "aisegment", str(raw), str(tmp_path / "bad"), "--quiet"]) == 3  # bad input: PackError
     assert named in capsys.readouterr().err
     assert main(["pack", "aisegment", str(raw), str(tmp_path / "skip"), "--quiet", "--skip-bad"]) == 0
     m = json.loads((tmp_path / "skip" / "AISegment_80" / fmt.MANIFEST_NAME).read_text())

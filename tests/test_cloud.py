@@ -620,7 +620,7 @@ def test_cli_packs_to_a_bucket_and_train_py_reads_it_by_url(s3_env, tmp_path, ca
     from types import SimpleNamespace
 
     from loaders.ai8x import datasets
-    from shardwriter.cli import main as cli
+    from ai8x_shards.cli import main as cli
     from shardwriter.synth import synth_aisegment
 
     raw = synth_aisegment(tmp_path / "raw", images=4, seed=1)

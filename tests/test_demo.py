@@ -7,7 +7,7 @@ import sys
 
 
 def test_demo_packs_verifies_and_reads_back(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "shardwriter.cli", "demo", str(tmp_path / "demo")],
+    out = subprocess.run([sys.executable, "-m", "ai8x_shards", "demo", str(tmp_path / "demo")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "verify AISegment_80: OK" in out.stdout and "verify AISegment_352: OK" in out.stdout

@@ -61,7 +61,7 @@ def test_tar_headers_read_by_stdlib_tarfile_and_our_parser():
             (n, len(p), 0, 0, 0o644) for n, p in members
         ]
         assert [tf.extractfile(i).read() for i in infos] == [p for _, p in members]
-    ours = list(fmt.iter_tar_members(io.BytesIO(data), "s.tar"))
+    ours = list(fmt.iter_tar_members(io.BytesIO(data), "s.tar", len(data)))
     assert [(m.name, m.payload, m.offset) for m in ours] == [
         ("000000000.msgpack", b"abc", 512),
         ("000000001.msgpack", b"x" * 1000, 1536),
@@ -73,43 +73,144 @@ def test_tar_reader_names_shard_and_offset_on_corruption_and_truncation():
     flipped = bytearray(data)
     flipped[1536 + 10] ^= 0xFF  # inside the second member's header
     with pytest.raises(fmt.FormatError, match=r"s\.tar at byte 1536.*checksum"):
-        list(fmt.iter_tar_members(io.BytesIO(bytes(flipped)), "s.tar"))
+        list(fmt.iter_tar_members(io.BytesIO(bytes(flipped)), "s.tar", len(data)))
     with pytest.raises(fmt.FormatError, match=r"s\.tar.*truncated"):
-        list(fmt.iter_tar_members(io.BytesIO(data[:2000]), "s.tar"))
+        list(fmt.iter_tar_members(io.BytesIO(data[:2000]), "s.tar", len(data)))
     # Cut exactly on a header boundary: stdlib readers stop silently, we do not.
     with pytest.raises(fmt.FormatError, match=r"ends at byte 3072 without the end-of-archive"):
-        list(fmt.iter_tar_members(io.BytesIO(data[:3072]), "s.tar"))
+        list(fmt.iter_tar_members(io.BytesIO(data[:3072]), "s.tar", len(data)))
+    # A header that declares more bytes than the shard holds is refused before anything is allocated.
+    huge = fmt.tar_header("000000000.msgpack", 8**11 - 1) + b"\0" * 2048  # ~8 GiB declared
+    with pytest.raises(fmt.FormatError, match=r"declares 8589934591 bytes, but the shard has only 1024"):
+        list(fmt.iter_tar_members(io.BytesIO(huge), "s.tar", len(huge)))
 
 
 def test_index_round_trip_and_errors():
-    rows = np.array([(512, 10, 520, 4, 0, 0, 3), (1536, 20, 1544, 4, 1550, 8, -1)], dtype=fmt.INDEX_DTYPE)
+    rows = np.array([(512, 10, 520, 4, 0, 0, 3, 11, 0), (1536, 20, 1544, 4, 1550, 8, -1, 12, 13)], dtype=fmt.INDEX_DTYPE)
     buf = fmt.encode_index(rows)
-    assert np.array_equal(fmt.decode_index(buf, "i"), rows)
+    assert buf[:8] == fmt.INDEX_MAGIC[2] and len(buf) == fmt.index_size(2, 2)
+    assert np.array_equal(fmt.decode_index(buf, "i", 2), rows)
+    v1 = fmt.encode_index(rows, 1)  # format 1: the same rows without the hashes
+    assert len(v1) == fmt.index_size(2, 1) and v1[:8] == fmt.INDEX_MAGIC[1]
+    back = fmt.decode_index(v1, "i")
+    assert np.array_equal(back[["offset", "label"]], rows[["offset", "label"]]) and not back["x_hash"].any()
+    with pytest.raises(fmt.FormatError, match="a format-1 index in a format-2 dataset"):
+        fmt.decode_index(v1, "i", 2)
     with pytest.raises(fmt.FormatError, match="bad magic"):
         fmt.decode_index(b"nope" * 8, "train-000000.idx")
     with pytest.raises(fmt.FormatError, match="train-000000.idx: index says 2 rows"):
         fmt.decode_index(buf[:-3], "train-000000.idx")
 
 
-def test_manifest_checks():
+def _manifest(**over):
+    import hashlib
+
+    sha = hashlib.sha256(b"x").hexdigest()
+    shard = {"file": "train-000000.tar", "count": 3, "bytes": 4096, "sha256": sha,
+             "index": {"file": "train-000000.idx", "bytes": fmt.index_size(3, 2), "sha256": sha}}
     good = {
-        "format": "ai8x-shards",
-        "format_version": 1,
-        "input_shape": [1, 2, 2],
-        "target": {"kind": "class"},
-        "classes": [0, 1],
-        "splits": {"train": {"count": 3, "shards": [{"file": "train-000000.tar", "count": 3, "index": {"file": "train-000000.idx"}}]}},
+        "format": "ai8x-shards", "format_version": 2, "sample_hash": "xxh3_64", "input_shape": [1, 2, 2],
+        "target": {"kind": "class", "dtype": "int64", "shape": None}, "classes": [0, 1],
+        "splits": {"train": {"count": 3, "shards": [shard], "class_histogram": [2, 1], "class_weights": fmt.class_weights([2, 1])}},
     }
-    assert fmt.parse_manifest(fmt.dump_manifest(good), "m") == good
-    newer = dict(good, format_version=fmt.FORMAT_VERSION + 1)
-    with pytest.raises(fmt.FormatError, match="upgrade"):
-        fmt.parse_manifest(fmt.dump_manifest(newer), "m")
-    evil = dict(good, splits={"train": {"count": 3, "shards": [{"file": "../../etc/passwd", "count": 3, "index": {"file": "x"}}]}})
-    with pytest.raises(fmt.FormatError, match="not a plain"):
-        fmt.parse_manifest(fmt.dump_manifest(evil), "m")
-    wrong = dict(good, splits={"train": dict(good["splits"]["train"], count=4)})
-    with pytest.raises(fmt.FormatError, match="says 4 samples, its shards hold 3"):
-        fmt.parse_manifest(fmt.dump_manifest(wrong), "m")
+    good.update(over)
+    return good
+
+
+def test_manifest_round_trips_through_typed_objects():
+    m = fmt.parse_manifest(fmt.dump_manifest(_manifest()), "m")
+    assert m.version == 2 and m.input_shape == (1, 2, 2) and m.target.kind == "class" and m.classes == (0, 1)
+    s = m.split("train")
+    assert s.count == 3 and s.shards[0].first == 0 and s.shards[0].index.file == "train-000000.idx"
+    assert fmt.parse_manifest(m.dump(), "m") == m
+    assert m.entry("train-000000.idx") == s.shards[0].index and m.entry("train-000001.tar") is None
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format_version": fmt.FORMAT_VERSION + 1}, "upgrade"),
+    ({"format_version": True}, "field format_version must be an integer, not a boolean"),
+    ({"format_version": 0}, "format version 0 does not exist"),
+    ({"format_version": "2"}, "field format_version must be an integer, not a string"),
+    ({"sample_hash": "md5"}, "field sample_hash"),
+    ({"input_shape": [1, -2, 2]}, "shape"),
+    ({"input_shape": "1x2"}, "field input_shape must be a list"),
+    ({"target": {"kind": "segmentation"}}, "field target.kind"),
+    ({"target": {"kind": "mask", "dtype": "uint8"}}, "a mask target needs a shape"),
+    ({"target": {"kind": "class", "dtype": "float32"}}, "field target.dtype"),
+    ({"classes": []}, "0 classes"),
+    ({"classes": [{"a": 1}]}, "field classes must be a list of strings or integers"),
+    ({"splits": {"training": {}}}, "field splits.training is not a split"),
+    ({"splits": []}, "field splits must be an object"),
+    ({"regression": True}, "field regression is True"),
+])
+def test_a_bad_manifest_is_one_format_error_naming_the_file_and_field(change, message):
+    with pytest.raises(fmt.FormatError, match="manifest.json") as err:
+        fmt.parse_manifest(fmt.dump_manifest(_manifest(**change)), "/d/manifest.json")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s.update(count=4), "field splits.train.count is 4, but its shards hold 3"),
+    (lambda s: s["shards"][0].update(file="../../etc/passwd"), "splits.train.shards[0].file"),
+    (lambda s: s["shards"][0].update(file="train-000001.tar"), "shard 0 of split train is train-000000.tar"),
+    (lambda s: s["shards"][0].update(count=10**12), "must lie in 1.."),
+    (lambda s: s["shards"][0].update(count=True), "must be an integer, not a boolean"),
+    (lambda s: s["shards"][0].update(bytes=1000), "whole number of 512-byte blocks"),
+    (lambda s: s["shards"][0].update(bytes=2048), "at least 4096"),
+    (lambda s: s["shards"][0].update(sha256="abc"), "is not a sha256"),
+    (lambda s: s["shards"][0]["index"].update(file="x.idx"), "the index of train-000000.tar is train-000000.idx"),
+    (lambda s: s["shards"][0]["index"].update(bytes=16 + 56 * 3), "a format-2 index of 3 rows is 232 bytes"),
+    (lambda s: s.update(class_histogram=[3, 1]), "sums to 4"),
+    (lambda s: s.update(class_weights=[9.0, 9.0]), "do not follow from class_histogram"),
+    (lambda s: s.pop("shards"), "field splits.train.shards is missing"),
+])
+def test_split_and_shard_fields_are_checked(edit, message):
+    m = _manifest()
+    edit(m["splits"]["train"])
+    with pytest.raises(fmt.FormatError, match="m.json") as err:
+        fmt.parse_manifest(fmt.dump_manifest(m), "m.json")
+    assert message in str(err.value)
+
+
+def test_manifest_that_is_not_json_or_not_ours():
+    for buf in (b"{", b"[]", b'{"format": "other"}', b"\xff\xfe"):
+        with pytest.raises(fmt.FormatError, match="m.json"):
+            fmt.parse_manifest(buf, "m.json")
+
+
+def test_rows_are_checked_against_layout_shard_and_schema():
+    schema = fmt.Schema((1, 2, 2), fmt.Target("class"), (0, 1))
+    layout = fmt.record_layout(schema)
+    recs = [fmt.encode_record(fmt.sample_key(i), np.full((1, 2, 2), i, np.uint8), "class", i % 2) for i in range(3)]
+    pos, rows = 0, []
+    for r in recs:
+        rows.append(fmt.index_row(pos + fmt.BLOCK, r))
+        pos += fmt.BLOCK + fmt.padded(len(r.payload))
+    rows = np.array(rows, fmt.INDEX_DTYPE)
+    size = pos + len(fmt.TAR_END)
+    kw = {"where": "i.idx", "count": 3, "shard_bytes": size, "layout": layout, "schema": schema, "hashed": True}
+    fmt.check_rows(rows, **kw)
+    for field, value, message in [("label", 5, "label is outside 0..1"), ("x_off", rows["x_off"][1] + 1, "input bytes are not where"),
+                                  ("offset", rows["offset"][2] + 512, "overlap or leave gaps"), ("x_len", 3, "input length")]:
+        bad = rows.copy()
+        bad[field][1 if field != "offset" else 2] = value
+        with pytest.raises(fmt.FormatError, match=message):
+            fmt.check_rows(bad, **kw)
+    with pytest.raises(fmt.FormatError, match="row 2: the last record does not end where"):
+        fmt.check_rows(rows, **{**kw, "shard_bytes": size + 512})
+    with pytest.raises(fmt.FormatError, match="3 rows but its shard holds 4"):
+        fmt.check_rows(rows, **{**kw, "count": 4})
+
+
+def test_sample_hashes_cover_input_bytes_and_label():
+    x = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+    enc = fmt.encode_record("000000001", x, "class", 3)
+    assert enc.x_hash == fmt.input_hash(x.tobytes(), 3) != fmt.input_hash(x.tobytes(), 4)
+    flipped = bytearray(x.tobytes())
+    flipped[5] ^= 1
+    assert fmt.input_hash(bytes(flipped), 3) != enc.x_hash
+    m = fmt.encode_record("000000001", x, "mask", np.ones((3, 4), np.uint8))
+    assert m.y_hash == fmt.target_hash(np.ones((3, 4), np.uint8).tobytes()) and m.label == -1
 
 
 def test_class_weights_are_inverse_frequency():

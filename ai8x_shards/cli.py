@@ -1,4 +1,11 @@
-"""The ``ai8x-shards`` command: one subcommand per job, each a thin shell over the API."""
+"""The ``ai8x-shards`` command: one subcommand per job, each a thin shell over the API.
+
+This is the one layer above both packages: it imports :mod:`shardwriter` (writing,
+checking, storage) and :mod:`loaders` (reading, ai8x-training glue), and each subcommand
+imports only what it uses, when it runs. Errors of the package's family
+(:class:`shardwriter.errors.ShardsError`) are printed as one line, with the exit code
+of their class (see :mod:`shardwriter.errors`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import PackError
-from .format import FormatError
-from .pack import pack
+from shardwriter import __version__
+from shardwriter.errors import SettingsError, ShardsError, exit_code
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -62,7 +67,7 @@ def _add_pack(sub: Any) -> None:
 
 
 def _source(a: argparse.Namespace) -> Any:
-    from .sources import AISegmentSource, DatasetSource, ImageFolderSource, NpzSource
+    from shardwriter.sources import AISegmentSource, DatasetSource, ImageFolderSource, NpzSource
 
     common = {"name": a.name}
     if a.kind == "aisegment":
@@ -79,28 +84,30 @@ def _source(a: argparse.Namespace) -> Any:
 
 
 def cmd_pack(a: argparse.Namespace) -> int:
-    from .remote import staged_output
+    from shardwriter.storage import staged_output
 
     with staged_output(a.out, overwrite=a.overwrite) as out:  # a bucket URL: pack locally, upload, manifest last
+        from shardwriter.pack import pack
+
         manifests = pack(_source(a), out, workers=a.workers, max_count=a.max_count, max_bytes=a.max_bytes,
                          skip_bad=a.skip_bad, quiet=True if a.quiet else None, overwrite=a.overwrite)
     for m in manifests:
-        counts = ", ".join(f"{s} {v['count']}" for s, v in m["splits"].items())
-        print(f"packed {m['name']}: {counts} samples; skipped {m['skipped']['count']} -> {a.out}")
+        counts = ", ".join(f"{name} {s.count}" for name, s in m.splits.items())
+        print(f"packed {m.name}: {counts} samples; skipped {len(m.skipped)} -> {a.out}")
     return 0
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from .remote import info_location
+    from shardwriter.verify import info
 
-    print(info_location(a.dir))
+    print(info(a.dir))
     return 0
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .remote import verify_location
+    from shardwriter.verify import verify
 
-    problems = verify_location(a.dir)
+    problems = verify(a.dir)
     for p in problems:
         print(f"BAD {p}")
     print(f"{a.dir}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
@@ -108,7 +115,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_reindex(a: argparse.Namespace) -> int:
-    from .verify import reindex
+    from shardwriter.verify import reindex
 
     for name in reindex(a.dir):
         print(f"rebuilt {name}")
@@ -123,7 +130,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_synth(a: argparse.Namespace) -> int:
-    from .synth import synth_aisegment
+    from shardwriter.synth import synth_aisegment
 
     root = synth_aisegment(a.dir, images=a.images, seed=a.seed)
     print(f"wrote {a.images} synthetic {a.kind} images (seed {a.seed}) -> {root}")
@@ -131,13 +138,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_install_ai8x(a: argparse.Namespace) -> int:
-    from loaders.install import InstallError
-
-    try:
-        return _install_ai8x(a)
-    except InstallError as exc:
-        print(f"ai8x-shards: error: {exc}", file=sys.stderr)
-        return 2
+    return _install_ai8x(a)
 
 
 def _install_ai8x(a: argparse.Namespace) -> int:
@@ -150,7 +151,7 @@ def _install_ai8x(a: argparse.Namespace) -> int:
     for spec in a.add:
         name, sep, folder = spec.partition("=")
         if not sep or not name or not folder:
-            raise PackError(f"--add {spec!r}: expected NAME=DIR (DIR absolute, or relative to train.py's --data)")
+            raise SettingsError(f"--add {spec!r}: expected NAME=DIR (DIR absolute, or relative to train.py's --data)")
         location = folder if "://" in folder or Path(folder).is_absolute() else str(Path(a.data or ".") / folder)
         added.append(entry_from_folder(name, location, folder))
     path = install(a.checkout, added)
@@ -163,6 +164,12 @@ def cmd_preview(a: argparse.Namespace) -> int:
 
     print(f"wrote {preview(a.dir, a.split, a.n, a.output)}")
     return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from benchmarks.run import main as bench_main  # imported only when benchmarking
+
+    return bench_main(a.bench_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,11 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=8, help="number of samples")
     p.add_argument("-o", "--output", default="preview.png", help="PNG file to write")
     p.set_defaults(func=cmd_preview)
-    from benchmarks.run import add_arguments as add_bench_arguments
-    from benchmarks.run import cli as cmd_bench
-
-    p = sub.add_parser("bench", help="benchmarks: the design note's Table 1 and the peers; writes benchmarks/RESULTS.md")
-    add_bench_arguments(p)
+    p = sub.add_parser("bench", help="benchmarks: the design note's Table 1 and the peers; writes benchmarks/RESULTS.md",
+                       add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="see ai8x-shards bench --help")
     p.set_defaults(func=cmd_bench)
     sub.choices["pack"].set_defaults(func=cmd_pack)
     return ap
@@ -215,11 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (PackError, FormatError, OSError) as exc:
-        print(f"ai8x-shards: error: {exc}", file=sys.stderr)
-        return 2
+    except ShardsError as exc:
+        print(f"ai8x-shards: error: {_one_line(exc)}", file=sys.stderr)
+        return exit_code(exc)
+    except OSError as exc:  # an OS failure our code did not name: still one line, with the path the OS gives
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"ai8x-shards: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import torch
 from PIL import Image
 
-from .pack import pack
-from .sources import AISegmentSource
-from .synth import synth_aisegment
-from .verify import info, verify
+from shardwriter.pack import pack
+from shardwriter.sources import AISegmentSource
+from shardwriter.synth import synth_aisegment
+from shardwriter.verify import info, verify
 
 
 def run_demo(workdir: Path, workers: int = 2, images: int = 12) -> None:

@@ -1,7 +1,10 @@
-"""The S3 and GCS client objects: made on first use, cached per process and environment.
+"""The S3 and GCS client objects: made on first use, cached per process, settings and environment.
 
 There is one cache (``_CLIENTS``) and one lock for it, reset in a forked child by the
 ``os.register_at_fork`` hook below, so a client is never used across a fork.
+Credentials and endpoints come from the clients' standard environment
+(``AWS_ENDPOINT_URL``, ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``,
+``STORAGE_EMULATOR_HOST``, ...), never from a manifest.
 """
 
 from __future__ import annotations
@@ -10,9 +13,10 @@ import os
 import threading
 from typing import Any
 
-from .backends import USER_AGENT
-from .locations import _Target
-from .options import Options, StorageError
+from ..errors import StorageError
+from ..options import Options
+
+USER_AGENT = "ai8x-shards"
 
 
 def _env_key(*prefixes: str) -> tuple[tuple[str, str], ...]:
@@ -32,7 +36,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _s3_client(opts: Options) -> Any:
+def s3_client(opts: Options) -> Any:
     try:
         import boto3
         from botocore.config import Config
@@ -60,24 +64,35 @@ def _s3_client(opts: Options) -> Any:
     return client
 
 
-def _gcs_bucket(t: _Target, opts: Options) -> Any:
+def gcs_bucket(bucket: str, url: str, opts: Options) -> Any:
     try:
         from google.cloud import storage
     except ImportError:
         raise StorageError("gs:// locations need google-cloud-storage: pip install 'ai8x-shards[gcs]'") from None
-    key = ("gs", os.getpid(), _env_key("GOOGLE_", "STORAGE_EMULATOR_HOST", "AI8X_SHARDS_GCS_ANONYMOUS", "CLOUDSDK_"))
+    key = ("gs", os.getpid(), opts.gcs_anonymous, _env_key("GOOGLE_", "STORAGE_EMULATOR_HOST", "CLOUDSDK_"))
     with _CLIENTS_LOCK:
         client = _CLIENTS.get(key)
         if client is None:
             try:
-                if os.environ.get("AI8X_SHARDS_GCS_ANONYMOUS") == "1":
-                    client = storage.Client.create_anonymous_client()
-                else:
-                    client = storage.Client()
+                client = storage.Client.create_anonymous_client() if opts.gcs_anonymous else storage.Client()
             except Exception as exc:
                 raise StorageError(
-                    f"{t.url}: cannot set up the GCS client ({type(exc).__name__}: {exc}); set GOOGLE_APPLICATION_CREDENTIALS, "
+                    f"{url}: cannot set up the GCS client ({type(exc).__name__}: {exc}); set GOOGLE_APPLICATION_CREDENTIALS, "
                     "or AI8X_SHARDS_GCS_ANONYMOUS=1 for a public bucket"
                 ) from None
             _CLIENTS[key] = client
-    return client.bucket(t.bucket)
+    return client.bucket(bucket)
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Exception types of the network stacks the clients use (worth a retry unless permanent)."""
+    import http.client
+
+    types: list[type[BaseException]] = [OSError, http.client.HTTPException]
+    for module, name in (("urllib3.exceptions", "HTTPError"), ("requests.exceptions", "RequestException"),
+                         ("google.auth.exceptions", "TransportError"), ("google.resumable_media.common", "DataCorruption")):
+        try:
+            types.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)

@@ -1,0 +1,401 @@
+"""What the remote backends share: :class:`RemoteStore` and its resuming :class:`RemoteStream`.
+
+A backend implements one method, ``_get(name, offset, meta)``: start one GET of file
+``name`` from byte ``offset`` and return a response with ``start`` (the object byte its
+body begins at), ``total`` (object size or None), ``tag`` (ETag, Last-Modified or
+generation, or None), ``end`` (one past the last byte of a partial answer, or None),
+``read(n)`` and ``close()``. A fault worth retrying raises :class:`~.base.Transient`;
+a permanent one (a 4xx other than 408/425/429, an unresolvable host, a certificate
+error, a ``pipe:`` command's non-zero exit) raises :class:`StorageError` at once.
+
+On top of that this module gives every backend the same reads: sequential GETs with
+read-ahead (a thread fills a bounded queue), retry with exponential backoff and jitter,
+resume at the byte reached with ``Range: bytes=N-`` (a server that answers ``200``
+has its first N bytes skipped), a changed tag or size being an error rather than a
+silent splice, and after ``retries`` failed attempts in a row a :class:`StorageError`
+naming the URL and byte offset. A stream read from its first byte to its last checks the
+whole file's sha256 against the manifest before it hands over the last bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import queue
+import threading
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .. import format as fmt
+from ..errors import FormatError, IntegrityError, StorageError
+from ..options import Options
+from .base import Store, Transient, backoff_delay, check_sha256
+from .locations import normalize
+
+
+@dataclass
+class Meta:
+    """What the first answer said about the object, checked against every later answer."""
+
+    size: int | None = None
+    size_from: str = ""
+    tag: str | None = None
+    request: int = 8 << 20  # bytes per request, for backends whose requests are all-or-nothing (GCS)
+
+
+class Empty:
+    """The answer to a read at (or past) the end of an object."""
+
+    def __init__(self, start: int, total: int | None = None) -> None:
+        self.start, self.total, self.tag, self.end = start, total, None, None
+
+    def read(self, n: int) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteStore(Store):
+    """A URL location; subclasses implement ``_get`` (and the write operations, where writable)."""
+
+    def __init__(self, location: str, opts: Options) -> None:
+        super().__init__(normalize(location), opts)
+
+    def url(self, name: str) -> str:
+        return f"{self.location}/{fmt.check_file_name(name)}"
+
+    def describe(self, name: str) -> str:
+        return self.url(name)
+
+    @abstractmethod
+    def _get(self, name: str, offset: int, meta: Meta) -> Any:
+        """Start one GET of ``name`` from byte ``offset`` (see the module docstring)."""
+
+    def stream(self, name: str, *, size: int | None = None, sha256: str | None = None, readahead: bool = True) -> RemoteStream:
+        fmt.check_file_name(name)
+        opts = self.opts if readahead else self.opts.replace(readahead=0)
+        return RemoteStream(self, name, opts, size, sha256)
+
+    def open_read(self, name: str, *, size: int | None = None, sha256: str | None = None) -> IO[bytes]:
+        return self.stream(name, size=size, sha256=sha256)  # type: ignore[return-value]
+
+    def read_bytes(self, name: str, *, size: int | None = None, sha256: str | None = None, limit: int | None = None) -> bytes:
+        with self.stream(name, size=size, readahead=False) as f:
+            cap = size if size is not None else limit
+            data = f.read(cap + 1) if cap is not None else f.read()
+        if cap is not None and len(data) > cap:
+            raise FormatError(f"{self.url(name)}: more than the {cap} bytes {'the manifest gives' if size is not None else 'such a file has'}")
+        if size is not None and len(data) != size:
+            raise FormatError(f"{self.url(name)}: {len(data)} bytes, the manifest says {size} (truncated or replaced)")
+        check_sha256(data, sha256, self.url(name))
+        return data
+
+    def download(self, name: str, dest: str | os.PathLike[str], *, size: int | None = None, sha256: str | None = None) -> str:
+        """Copy file ``name`` to ``dest`` via a temporary name; returns its sha256.
+
+        With ``sha256`` (and ``size``) given, a mismatch raises and leaves nothing at ``dest``.
+        """
+        dest = Path(dest)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        h = hashlib.sha256()
+        n = 0
+        try:
+            with self.stream(name, size=size) as src, open(tmp, "wb") as out:
+                while True:
+                    data = src.read(1 << 20)
+                    if not data:
+                        break
+                    h.update(data)
+                    out.write(data)
+                    n += len(data)
+                out.flush()
+                os.fsync(out.fileno())
+            if size is not None and n != size:
+                raise FormatError(f"{self.url(name)}: got {n} bytes, the manifest says {size}")
+            if sha256 is not None and h.hexdigest() != sha256:
+                raise IntegrityError(f"{self.url(name)}: sha256 {h.hexdigest()} does not match the manifest's {sha256} (corrupt or replaced)")
+            os.replace(tmp, dest)
+        except OSError as exc:
+            if isinstance(exc, StorageError):
+                raise
+            raise StorageError(f"{dest}: cannot write the download of {self.url(name)} ({exc.strerror or exc})") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return h.hexdigest()
+
+    def open_random(self, entry: fmt.FileEntry) -> int:
+        from .cache import cache_for
+
+        return cache_for(self.opts).open(self, entry)
+
+
+# --------------------------------------------------------------------------- resuming reads
+
+
+class _Resumer:
+    """``read(n)`` from a sequence of GETs, each resuming where the previous one broke."""
+
+    def __init__(self, store: RemoteStore, name: str, opts: Options, offset: int, meta: Meta) -> None:
+        self.store, self.name, self.opts, self.pos, self.meta = store, name, opts, offset, meta
+        self.url = store.url(name)
+        self.stop = threading.Event()
+        self._resp: Any = None
+        self._failures = 0
+
+    def read(self, n: int) -> bytes:
+        while True:
+            if self.meta.size is not None and self.pos >= self.meta.size:
+                self.close()
+                return b""
+            if self.stop.is_set():
+                raise StorageError(f"{self.url}: stream closed")
+            try:
+                if self._resp is None:
+                    self._resp = self._open()
+                data = self._resp.read(n)
+                if not data:
+                    if self.meta.size is None:
+                        self.close()
+                        return b""
+                    end = getattr(self._resp, "end", None)
+                    if end is not None and self.pos >= end:  # a server that sends open ranges in parts
+                        self.close()
+                        continue
+                    raise Transient(f"the response ended at byte {self.pos} of {self.meta.size}")
+            except Transient as exc:
+                self._fault(exc)
+                continue
+            self.pos += len(data)
+            self._failures = 0
+            if self.meta.size is not None and self.pos > self.meta.size:
+                raise FormatError(f"{self.url}: more than the {self.meta.size} bytes {self.meta.size_from} gives")
+            return data
+
+    def _open(self) -> Any:
+        resp = self.store._get(self.name, self.pos, self.meta)
+        try:
+            m = self.meta
+            if resp.total is not None:
+                if m.size is None:
+                    m.size, m.size_from = resp.total, "the first response"
+                elif resp.total != m.size:
+                    raise FormatError(
+                        f"{self.url}: the object is {resp.total} bytes but {m.size_from} gives {m.size} "
+                        "(replaced while being read, or the manifest is out of date)"
+                    )
+            if resp.tag is not None:
+                if m.tag is None:
+                    m.tag = resp.tag
+                elif resp.tag != m.tag:
+                    raise StorageError(f"{self.url}: the object changed while it was being read ({m.tag} -> {resp.tag})")
+            skip = self.pos - resp.start
+            if skip < 0:
+                raise Transient(f"the server answered from byte {resp.start}, not {self.pos}")
+            while skip > 0:  # the server ignored the Range (or started early): drop what we have
+                got = len(resp.read(min(skip, 1 << 20)))
+                if not got:
+                    raise Transient(f"the response ended at byte {self.pos - skip} while skipping to byte {self.pos}")
+                skip -= got
+            return resp
+        except BaseException:
+            resp.close()
+            raise
+
+    def _fault(self, exc: Transient) -> None:
+        self.close()
+        self._failures += 1
+        if self._failures > self.opts.retries:
+            of = f" of {self.meta.size}" if self.meta.size is not None else ""
+            raise StorageError(
+                f"{self.url}: gave up at byte {self.pos}{of} after {self._failures} failed attempts in a row "
+                f"(last: {exc}); retry budget AI8X_SHARDS_RETRIES={self.opts.retries}"
+            ) from None
+        if self.stop.wait(backoff_delay(self.opts, self._failures)):
+            raise StorageError(f"{self.url}: stream closed")
+
+    def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _pump(resumer: _Resumer, q: queue.Queue[Any], chunk: int) -> None:
+    """Read-ahead thread body; it holds no reference to the stream object (so that can be collected)."""
+    stop = resumer.stop
+    try:
+        while not stop.is_set():
+            data = resumer.read(chunk)
+            _put(q, data, stop)
+            if not data:
+                return
+    except BaseException as exc:  # handed to the reader, raised there
+        _put(q, exc, stop)
+    finally:
+        resumer.close()
+
+
+class _Source:
+    """Chunks of a resumer, directly or through a read-ahead thread."""
+
+    def __init__(self, resumer: _Resumer, opts: Options) -> None:
+        self._r = resumer
+        self._done = False
+        self._pid = os.getpid()
+        self._q: queue.Queue[Any] | None = None
+        if opts.readahead > 0:
+            self._q = queue.Queue(maxsize=max(1, opts.readahead // opts.chunk))
+            threading.Thread(target=_pump, args=(resumer, self._q, opts.chunk), daemon=True, name="ai8x-shards-readahead").start()
+        self._chunk = opts.chunk
+
+    def next(self) -> bytes:
+        if self._done:
+            return b""
+        if os.getpid() != self._pid:  # its thread and connection stayed in the parent
+            raise StorageError(f"{self._r.url}: a stream opened before a fork cannot be read in the child; open it there")
+        if self._q is None:
+            data = self._r.read(self._chunk)
+        else:
+            data = self._q.get()
+            if isinstance(data, BaseException):
+                self._done = True
+                raise data
+        if not data:
+            self._done = True
+        return data
+
+    def close(self) -> None:
+        self._r.stop.set()
+        if self._q is None:
+            self._r.close()
+        else:
+            while True:
+                try:
+                    self._q.get_nowait()
+                except queue.Empty:
+                    break
+
+
+class RemoteStream(io.RawIOBase):
+    """A read-only binary file over a remote object; reads survive faults (see the module docstring).
+
+    ``read(n)`` returns ``n`` bytes unless the object ends first. ``seek`` is supported:
+    within the buffered bytes or a short way forward it reads on; further, it starts a
+    new ranged GET at the target. With ``sha256`` given, a stream that delivers every
+    byte from the first to the last checks it before handing over the last bytes, and
+    raises :class:`IntegrityError` on a mismatch.
+    """
+
+    def __init__(self, store: RemoteStore, name: str, opts: Options, size: int | None = None, sha256: str | None = None) -> None:
+        super().__init__()
+        self.name = store.url(name)
+        self._store, self._file, self._opts = store, name, opts
+        self._meta = Meta(size, "the manifest" if size is not None else "")
+        self._pos = 0
+        self._buf, self._off = b"", 0
+        self._sha256 = sha256
+        self._hash: Any = hashlib.sha256() if sha256 is not None else None
+        self._hashed = 0  # bytes [0, _hashed) went into _hash
+        self._src = _Source(_Resumer(store, name, opts, 0, self._meta), opts)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def _chunk(self) -> bytes:
+        start = self._pos - self._off + len(self._buf)  # object offset of the chunk that comes next
+        data = self._src.next()
+        if self._hash is not None:
+            if start == self._hashed:
+                self._hash.update(data)
+                self._hashed += len(data)
+                size = self._meta.size
+                if data and size is not None and self._hashed == size and self._hash.hexdigest() != self._sha256:
+                    raise IntegrityError(
+                        f"{self.name}: sha256 {self._hash.hexdigest()} does not match the manifest's {self._sha256} "
+                        "(the object was altered; re-upload it, or run ai8x-shards verify)"
+                    )
+            else:
+                self._hash = None  # a gap: the whole-file check is off; per-sample checks still apply
+        return data
+
+    def read(self, n: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if n is None or n < 0:
+            return self.readall()
+        parts: list[bytes] = []
+        need = n
+        while need > 0:
+            if self._off >= len(self._buf):
+                self._buf, self._off = self._chunk(), 0
+                if not self._buf:
+                    break
+            piece = self._buf[self._off : self._off + need] if self._off or need < len(self._buf) else self._buf
+            self._off += len(piece)
+            need -= len(piece)
+            parts.append(piece)
+        self._pos += n - need
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def readall(self) -> bytes:
+        parts = []
+        while True:
+            data = self.read(max(self._opts.chunk, 1 << 16))
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if whence == io.SEEK_CUR:
+            offset += self._pos
+        elif whence == io.SEEK_END:
+            if self._meta.size is None:
+                raise io.UnsupportedOperation("seek from the end of an object of unknown size")
+            offset += self._meta.size
+        elif whence != io.SEEK_SET:
+            raise ValueError(f"invalid whence {whence}")
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        buf_start = self._pos - self._off
+        if buf_start <= offset <= buf_start + len(self._buf):
+            self._off, self._pos = offset - buf_start, offset
+        elif 0 < offset - self._pos <= max(self._opts.readahead, self._opts.chunk):
+            while self._pos < offset and self.read(min(offset - self._pos, 1 << 20)):
+                pass
+        else:
+            self._src.close()
+            self._buf, self._off, self._pos = b"", 0, offset
+            self._src = _Source(_Resumer(self._store, self._file, self._opts, offset, self._meta), self._opts)
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._src.close()
+            self._buf = b""
+        super().close()
