@@ -6,14 +6,14 @@ Usage (from a repository checkout: the servers live in ``tests/servers.py``)::
     python -m benchmarks.cloud_bench --mib 256 --out /tmp/cloud-bench
 
 Every row reads every train shard of one dataset to the end through
-:func:`loaders.storage.open_stream` and walks its tar members (checking each header), like
+:meth:`shardwriter.storage.Store.open_read` and walks its tar members (checking each header), like
 a streaming epoch without decoding; the ratio is the row's throughput over the local
 row's. Rows: local files; our stdlib HTTP server; the same through our fault proxy
 without faults and with one connection reset in every shard (retry + Range resume);
 nginx when installed (optional: ``apt-get install nginx-light``); ``rclone serve s3``
 and ``gcp-storage-emulator`` when installed (the test extra installs both). Also the
-map-style cold cache fill from HTTP (:func:`loaders.storage.local_path` of every shard:
-download, sha256 check, rename). Loopback numbers show the client's overhead, not a
+map-style cold cache fill from HTTP (:meth:`~shardwriter.storage.Store.open_random` of every
+shard: download, sha256 check, rename). Loopback numbers show the client's overhead, not a
 network's: the emulators are themselves the slow part of their rows.
 """
 
@@ -65,22 +65,32 @@ def make_dataset(out: Path, mib: int, seed: int = 0) -> Path:
 
 def stream_epoch(location: str, shards: list[str]) -> tuple[int, int]:
     """Bytes and samples read: every shard sequentially, every tar header checked."""
-    from loaders import storage
     from shardwriter import format as fmt
+    from shardwriter.storage import open_store
 
+    store = open_store(location)
+    manifest = store.read_manifest()
     total = samples = 0
     for name in shards:
-        with storage.open_stream(location, name) as f:
-            for m in fmt.iter_tar_members(f, name):
+        entry = manifest.entry(name)
+        with store.open_read(name, size=entry.bytes, sha256=entry.sha256) as f:
+            for member in fmt.iter_tar_members(f, name, entry.bytes):
                 samples += 1
-                total += fmt.BLOCK + len(m.payload)
+                total += fmt.BLOCK + len(member.payload)
     return total, samples
 
 
 def cache_fill(location: str, shards: list[str]) -> tuple[int, int]:
-    from loaders import storage
+    from shardwriter.storage import open_store
 
-    return sum(storage.local_path(location, name).stat().st_size for name in shards), 0
+    store = open_store(location)
+    m = store.read_manifest()
+    total = 0
+    for name in shards:
+        fd = store.open_random(m.entry(name))
+        total += os.fstat(fd).st_size
+        os.close(fd)
+    return total, 0
 
 
 @contextmanager
@@ -100,19 +110,19 @@ def _env(values: dict[str, str]) -> Iterator[None]:
 def run(mib: int = 64, workdir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Measure every available row once; returns ``{"source", "mib_s", "samples_s", "ratio", "note"}``."""
     servers = _servers()
-    from loaders import storage
-    from shardwriter import remote
+    from shardwriter.errors import StorageError
+    from shardwriter.storage import open_store, upload_dataset
 
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ai8x-cloud-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     try:
         ds = make_dataset(tmp, mib)
-        shards = [s["file"] for s in storage.read_manifest(ds)["splits"]["train"]["shards"]]
+        shards = [s.file for s in open_store(ds).read_manifest().splits["train"].shards]
 
         def measure(source: str, location: str, fn: Callable[[str, list[str]], tuple[int, int]] = stream_epoch,
                     note: str = "") -> None:
-            storage.read_manifest(location)  # not timed: the manifest (and client set-up)
+            open_store(location).read_manifest()  # not timed: the manifest (and client set-up)
             t0 = time.perf_counter()
             nbytes, samples = fn(location, shards)
             dt = time.perf_counter() - t0
@@ -144,14 +154,14 @@ def run(mib: int = 64, workdir: str | os.PathLike[str] | None = None) -> list[di
                 s3 = stack.enter_context(servers.RcloneS3(root, tmp / "rclone"))
                 with _env(s3.env()):
                     measure("s3 (rclone serve s3)", "s3://bench/ds")
-            except (RuntimeError, remote.StorageError) as exc:
+            except (RuntimeError, StorageError) as exc:
                 rows.append({"source": "s3 (rclone serve s3)", "note": f"not run: {str(exc).splitlines()[0]}"})
             try:
                 gcs = stack.enter_context(servers.GcsEmulator(tmp / "gcs"))
                 with _env(gcs.env()):
-                    remote.upload_dataset(ds, f"gs://{gcs.bucket}/ds")
+                    upload_dataset(ds, f"gs://{gcs.bucket}/ds")
                     measure("gcs (gcp-storage-emulator)", f"gs://{gcs.bucket}/ds", note="the emulator is single-threaded Python")
-            except (RuntimeError, remote.StorageError) as exc:
+            except (RuntimeError, StorageError) as exc:
                 rows.append({"source": "gcs (gcp-storage-emulator)", "note": f"not run: {str(exc).splitlines()[0]}"})
             measure("map-style cache fill from http", http.url + "/ds", cache_fill, note="download + sha256 + rename")
     finally:

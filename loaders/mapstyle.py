@@ -180,7 +180,14 @@ class ShardDataset(Dataset):
 
     def _sample_error(self, i: int, what: str) -> FormatError:
         shard, _ = self.index.position(i)
-        return integrity_error(str(self.location), shard.file, f"{self.index.describe(i)} (dataset index {i})", what)
+        name = shard.file
+        if self.store.kind != "local":  # read from the local cache: say which copy is damaged
+            fd = self._fds.get(int(self.index.shard[i]))
+            try:
+                name += f" (cached copy {os.readlink(f'/proc/self/fd/{fd}')}; delete it to fetch the shard again)"
+            except (OSError, TypeError):
+                pass
+        return integrity_error(str(self.location), name, f"{self.index.describe(i)} (dataset index {i})", what)
 
     def _read_into(self, i: int, x: np.ndarray, y: np.ndarray | None, scratch: bytearray) -> None:
         ix = self.index

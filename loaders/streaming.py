@@ -77,6 +77,7 @@ def index_from_paths(paths: list[str]) -> tuple[SplitIndex, fmt.Schema]:
     first record; keys cannot be checked against split positions (unknown here).
     """
     found: list[tuple[str, int, np.ndarray, int]] = []
+    wheres: list[str] = []
     for p in paths:
         fd = open_regular(p, None, "shard")
         try:
@@ -90,16 +91,18 @@ def index_from_paths(paths: list[str]) -> tuple[SplitIndex, fmt.Schema]:
             except OSError as exc:
                 raise StorageError(f"{idx}: cannot read ({exc.strerror or exc})") from None
             found.append((p, size, fmt.decode_index(buf, idx), fmt.index_version(buf, idx)))
+            wheres.append(idx)
         else:
             with _open_path(p, size) as f:
                 found.append((p, size, fmt.build_index(f, p, size), 2))
+            wheres.append(p)
     schema = _schema_of(found)
     shards: list[fmt.ShardEntry] = []
     parts, owner = [], []
     hashed = all(v >= 2 for *_, v in found)
     layout = fmt.record_layout(schema)
-    for p, size, rows, _ in found:
-        fmt.check_rows(rows, where=p, count=len(rows), shard_bytes=size, layout=layout, schema=schema, hashed=hashed)
+    for (p, size, rows, _), where in zip(found, wheres):
+        fmt.check_rows(rows, where=where, count=len(rows), shard_bytes=size, layout=layout, schema=schema, hashed=hashed)
         owner.append(np.full(len(rows), len(shards), np.int32))
         parts.append(rows)
         shards.append(fmt.ShardEntry(p, size, "", count=len(rows), split="", number=len(shards), first=-1))

@@ -28,6 +28,9 @@ from .errors import FormatError, SettingsError, StorageError
 from .options import Options
 from .storage import LocalStore, Store, open_store
 
+#: Problems listed per shard (the rest are counted): a shard of the wrong dataset fails every sample.
+MAX_SAMPLE_PROBLEMS = 20
+
 
 class _Hashing:
     """A read-only file wrapper that hashes and counts every byte read through it."""
@@ -90,12 +93,15 @@ def _scan(store: Store, m: fmt.Manifest, shard: fmt.ShardEntry) -> tuple[np.ndar
         except FormatError as exc:
             problems.append(str(exc))
         h.drain(shard.bytes + 1 - h.n)
+    first = []  # what is wrong with the shard as a whole comes before what is wrong inside it
     if h.n != shard.bytes:
-        problems.append(f"{name}: {h.n if h.n <= shard.bytes else 'more than ' + str(shard.bytes)} bytes, "
-                        f"the manifest says {shard.bytes} (truncated or altered)")
+        first.append(f"{name}: {h.n if h.n <= shard.bytes else 'more than ' + str(shard.bytes)} bytes, "
+                     f"the manifest says {shard.bytes} (truncated or altered)")
     if h.sha.hexdigest() != shard.sha256:
-        problems.append(f"{name}: sha256 mismatch (shard altered or corrupt)")
-    return rows, problems
+        first.append(f"{name}: sha256 mismatch (shard altered or corrupt)")
+    if len(problems) > MAX_SAMPLE_PROBLEMS:
+        problems = problems[:MAX_SAMPLE_PROBLEMS] + [f"{name}: ... and {len(problems) - MAX_SAMPLE_PROBLEMS} more problems in this shard"]
+    return rows, first + problems
 
 
 def _index_problems(store: Store, m: fmt.Manifest, shard: fmt.ShardEntry, rows: np.ndarray | None) -> list[str]:

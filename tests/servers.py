@@ -96,6 +96,10 @@ class _RangeHandler(BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         path = self._file()
         self.server.log.append((self.command, self.path, self.headers.get("Range")))
+        code = next((c for k, c in self.server.fail.items() if self.path.endswith(k)), None)
+        if code is not None:
+            self.send_error(code)
+            return
         if path is None:
             self.send_error(404)
             return
@@ -125,8 +129,9 @@ class _RangeHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(length))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("ETag", etag)
-        self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
+        if self.server.validators:
+            self.send_header("ETag", etag)
+            self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.end_headers()
@@ -143,6 +148,8 @@ class _Server(ThreadingHTTPServer):
     root: Path
     ignore_range: bool
     range_cap: int
+    validators: bool
+    fail: dict[str, int]
     log: list[tuple[str, str, str | None]]
 
 
@@ -150,19 +157,26 @@ class RangeHTTPServer:
     """Serve ``root`` read-only on ``http://127.0.0.1:PORT/`` with Range support.
 
     ``ignore_range``: answer 200 with the whole file; ``range_cap``: answer a Range with
-    at most this many bytes (206 with the partial range, as some CDNs do).
+    at most this many bytes (206 with the partial range, as some CDNs do);
+    ``validators=False``: send neither ``ETag`` nor ``Last-Modified`` (a server that
+    cannot tell a reader that a file changed); ``fail``: answer requests whose path ends
+    with a key with that status code (e.g. ``{"manifest.json": 403}``).
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, ignore_range: bool = False, range_cap: int = 0) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, ignore_range: bool = False, range_cap: int = 0,
+                 validators: bool = True, fail: dict[str, int] | None = None) -> None:
         self.root = Path(root).resolve()
         self.ignore_range = ignore_range
         self.range_cap = range_cap
+        self.validators = validators
+        self.fail = dict(fail or {})
         self._httpd: _Server | None = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> RangeHTTPServer:
         httpd = _Server(("127.0.0.1", 0), _RangeHandler)
         httpd.root, httpd.ignore_range, httpd.range_cap, httpd.log = self.root, self.ignore_range, self.range_cap, []
+        httpd.validators, httpd.fail = self.validators, self.fail
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()

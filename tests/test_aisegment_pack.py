@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shardwriter import format as fmt
 from ai8x_shards.cli import main
+from shardwriter import format as fmt
 from shardwriter.pack import PackError, pack
 from shardwriter.sources import AISegmentSource
 from shardwriter.sources.base import BadInput

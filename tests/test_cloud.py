@@ -10,9 +10,11 @@ bounded by the client timeout, and every wait has a generous deadline.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -24,12 +26,15 @@ import torch
 from servers import Fault, FaultProxy, GcsEmulator, RangeHTTPServer, RcloneS3
 from torch.utils.data import DataLoader
 
-from loaders import ShardDataset, storage
-from loaders.cache import ShardCache
+from loaders import ShardDataset
 from loaders.mapstyle import collate
 from shardwriter import format as fmt
-from shardwriter import pack, remote
+from shardwriter import pack, storage
+from shardwriter.errors import FormatError, IntegrityError, MissingError, SettingsError, StorageError
+from shardwriter.options import Options, parse_bytes
 from shardwriter.sources import NpzSource
+from shardwriter.storage import ShardCache, open_store
+from shardwriter.verify import info, verify
 
 N_TRAIN, N_TEST, SHAPE, PER_SHARD = 150, 30, (3, 16, 16), 40
 BUCKET = "bkt"
@@ -59,7 +64,23 @@ def data(tmp_path_factory):
 
 
 def shard_names(directory: Path, split: str = "train") -> list[str]:
-    return [s["file"] for s in fmt.parse_manifest((directory / fmt.MANIFEST_NAME).read_bytes(), "m")["splits"][split]["shards"]]
+    return [s.file for s in fmt.parse_manifest((directory / fmt.MANIFEST_NAME).read_bytes(), "m").splits[split].shards]
+
+
+def entry(location: str, name: str) -> fmt.FileEntry:
+    e = open_store(location).read_manifest().entry(name)
+    assert e is not None
+    return e
+
+
+def cached(location: str, name: str) -> Path:
+    """Fetch shard ``name`` of ``location`` into the cache; its cached path (the fd is closed again)."""
+    store = open_store(location)
+    fd = store.open_random(entry(location, name))
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture(autouse=True)
@@ -120,7 +141,7 @@ def gcs(data, tmp_path_factory):
     with GcsEmulator(tmp_path_factory.mktemp("gcs")) as server, pytest.MonkeyPatch.context() as mp:
         for k, v in server.env().items():
             mp.setenv(k, v)
-        remote.upload_dataset(ds, f"gs://{server.bucket}/ds")
+        storage.upload_dataset(ds, f"gs://{server.bucket}/ds")
         yield server
 
 
@@ -132,8 +153,8 @@ def gcs_proxy(gcs, env):
         yield p
 
 
-def read_stream(location: str, name: str) -> bytes:
-    with storage.open_stream(location, name) as f:
+def read_stream(location: str, name: str, opts: Options | None = None) -> bytes:
+    with open_store(location, opts).open_read(name) as f:
         parts = []
         while True:  # small, uneven reads, like the tar reader's
             block = f.read(4099)
@@ -157,17 +178,24 @@ def assert_same_dataset(local: Path, location: str, split: str) -> None:
 
 
 def test_locations_are_parsed_strictly():
-    assert remote.is_url("s3://b/p") and remote.is_url("gs://b") and remote.is_url("https://h/x") and remote.is_url("pipe:cat {name}")
-    assert not remote.is_url("data/mnist") and not remote.is_url(Path("/tmp"))
-    assert remote.normalize(Path("s3://bucket/pre/fix/")) == "s3://bucket/pre/fix"  # Path() squashed the //
-    assert remote.normalize("HTTP://h:1/a/") == "http://h:1/a"
+    assert storage.is_url("s3://b/p") and storage.is_url("gs://b") and storage.is_url("https://h/x") and storage.is_url("pipe:cat {name}")
+    assert not storage.is_url("data/mnist") and not storage.is_url(Path("/tmp"))
+    assert storage.normalize(Path("s3://bucket/pre/fix/")) == "s3://bucket/pre/fix"  # Path() squashed the //
+    assert storage.normalize("HTTP://h:1/a/") == "http://h:1/a" and storage.normalize("gcs://b/x") == "gs://b/x"
     for bad in ("ftp://h/x", "s3:///x", "https://h/x?sig=1", "gs://"):
-        with pytest.raises(storage.StorageError):
-            remote.normalize(bad)
-    with pytest.raises(fmt.FormatError):
-        remote.object_url("s3://b/p", "../etc/passwd")
-    assert remote.object_url("gs://b/p", "train-000001.idx") == "gs://b/p/train-000001.idx"
-    assert remote.parse_bytes("64M") == 64 << 20 and remote.parse_bytes("1.5K") == 1536 and remote.parse_bytes("10GiB") == 10 << 30
+        with pytest.raises(SettingsError):  # a setting mistake, refused before any request
+            storage.normalize(bad)
+    with pytest.raises(FormatError):
+        storage.object_url("s3://b/p", "../etc/passwd")
+    with pytest.raises(FormatError):
+        open_store("http://h/p").describe("../../x.tar")
+    assert storage.object_url("gs://b/p", "train-000001.idx") == "gs://b/p/train-000001.idx"
+    assert type(open_store("s3://b/p")).__name__ == "S3Store" and type(open_store("/tmp")).__name__ == "LocalStore"
+    assert parse_bytes("64M") == 64 << 20 and parse_bytes("1.5K") == 1536 and parse_bytes("10GiB") == 10 << 30
+    with pytest.raises(SettingsError, match="AI8X_SHARDS_CACHE_BYTES"):
+        Options.from_env({"AI8X_SHARDS_CACHE_BYTES": "lots"})
+    with pytest.raises(SettingsError, match="retries"):
+        Options(retries=-1)
 
 
 # --------------------------------------------------------------------------- map-style
@@ -260,7 +288,7 @@ def test_gcs_stream_survives_faults_byte_identical(data, gcs, gcs_proxy, env):
     env.setenv("AI8X_SHARDS_TIMEOUT", "2")
     name = shard_names(ds)[0]
     loc = f"gs://{gcs.bucket}/faults"
-    remote.upload_file(loc, name, ds / name)  # through the proxy: the emulator's media links then point at it
+    open_store(loc).upload(name, ds / name, storage.upload.file_sha256(ds / name))  # through the proxy: the emulator's media links then point at it
     gcs_proxy.clear_log()
     # an object read is a metadata GET, then ranged media GETs: faults hit both kinds
     gcs_proxy.set_plan([Fault("503"), None, Fault("reset", after=6000), None, Fault("stall", after=10), None, Fault("503")])
@@ -288,14 +316,14 @@ def test_always_failing_server_gives_clear_error_within_budget(data, proxy, env)
     name = shard_names(ds)[0]
     url = f"{proxy.url}/ds/{name}"
     proxy.set_plan([], default=Fault("503"))
-    with pytest.raises(storage.StorageError) as err:
+    with pytest.raises(StorageError) as err:
         read_stream(proxy.url + "/ds", name)
     assert url in str(err.value) and "at byte 0" in str(err.value) and "503" in str(err.value)
     assert len(proxy.requests("GET", name)) == 4  # 1 try + 3 retries, then the error
     proxy.clear_log()
     proxy.set_plan([Fault("reset", after=30000)], default=Fault("stall", after=0))  # dies at 30000, then hangs
     env.setenv("AI8X_SHARDS_TIMEOUT", "0.5")
-    with pytest.raises(storage.StorageError, match=rf"{url}: gave up at byte 30000 of \d+ after 4 failed attempts"):
+    with pytest.raises(StorageError, match=rf"{url}: gave up at byte 30000 of \d+ after 4 failed attempts"):
         read_stream(proxy.url + "/ds", name)
 
 
@@ -304,16 +332,16 @@ def test_always_failing_s3_gives_clear_error(data, s3_proxy, env):
     env.setenv("AI8X_SHARDS_RETRIES", "2")
     name = shard_names(ds)[0]
     s3_proxy.set_plan([], default=Fault("503"))
-    with pytest.raises(storage.StorageError, match=rf"s3://{BUCKET}/ds/{name}: gave up at byte 0"):
+    with pytest.raises(StorageError, match=rf"s3://{BUCKET}/ds/{name}: gave up at byte 0"):
         read_stream(f"s3://{BUCKET}/ds", name)
     assert len(s3_proxy.requests("GET", name)) == 3
 
 
 def test_missing_object_fails_at_once(data, http, s3_env):
-    with pytest.raises(storage.StorageError, match="HTTP 404"):
-        storage.read_manifest(http.url + "/nowhere")
-    with pytest.raises(remote.MissingError, match="no such object"):
-        storage.read_manifest(f"s3://{BUCKET}/nowhere")
+    with pytest.raises(MissingError, match="HTTP 404"):
+        open_store(http.url + "/nowhere").read_manifest()
+    with pytest.raises(MissingError, match="no such object"):
+        open_store(f"s3://{BUCKET}/nowhere").read_manifest()
     assert [r for r in http.log if "nowhere" in r[1]] and len([r for r in http.log if "nowhere" in r[1]]) == 1
 
 
@@ -324,13 +352,13 @@ def test_object_replaced_while_streaming_is_an_error_not_a_splice(data, http, en
     shutil.copytree(ds, work, dirs_exist_ok=True)
     env.setenv("AI8X_SHARDS_READAHEAD", "0")
     with FaultProxy(http.port, plan=[Fault("reset", after=20000)]) as p:
-        f = storage.open_stream(p.url + "/replaced", name)
+        f = open_store(p.url + "/replaced").open_read(name)
         assert f.read(1000) == (ds / name).read_bytes()[:1000]
         blob = bytearray((work / name).read_bytes())
         blob[-2000] ^= 0xFF
         (work / name).write_bytes(bytes(blob))  # same size, new ETag
         os.utime(work / name, ns=(time.time_ns(), time.time_ns() + 10**9))
-        with pytest.raises(storage.StorageError, match="changed while it was being read"):
+        with pytest.raises(StorageError, match="changed while it was being read"):
             f.read()
         f.close()
 
@@ -340,7 +368,7 @@ def test_seek_and_tell_on_a_remote_stream(data, proxy, env):
     env.setenv("AI8X_SHARDS_READAHEAD", "0")
     name = shard_names(ds)[1]
     want = (ds / name).read_bytes()
-    with storage.open_stream(proxy.url + "/ds", name) as f:
+    with open_store(proxy.url + "/ds").open_read(name) as f:
         assert f.seekable() and f.read(100) == want[:100] and f.tell() == 100
         f.seek(50)  # inside the buffer: no request
         assert f.read(10) == want[50:60]
@@ -350,7 +378,7 @@ def test_seek_and_tell_on_a_remote_stream(data, proxy, env):
         assert f.read() == want[-10:]
     env.setenv("AI8X_SHARDS_READAHEAD", "4096")  # a far seek opens a new ranged GET
     proxy.clear_log()
-    with remote.open_stream(proxy.url + "/ds", name, opts=remote.Options.from_env(chunk=4096)) as f:
+    with open_store(proxy.url + "/ds", Options.from_env(chunk=4096)).open_read(name) as f:
         f.read(10)
         f.seek(40000)
         assert f.read(5000) == want[40000:45000] and f.tell() == 45000
@@ -371,14 +399,14 @@ def test_cache_refuses_a_shard_whose_sha256_differs(data, http, env):
     blob[5000] ^= 0x01
     (bad / name).write_bytes(bytes(blob))
     url = http.url + "/corrupt"
-    with pytest.raises(storage.StorageError, match="sha256") as err:
-        storage.local_path(url, name)
+    with pytest.raises(IntegrityError, match="sha256") as err:
+        cached(url, name)
     assert f"{url}/{name}" in str(err.value)
     cache = Path(os.environ["AI8X_SHARDS_CACHE"])
     assert not list(cache.glob("*.tar")) and not list(cache.glob(".*.tmp"))  # nothing kept
     ds_remote = ShardDataset(url, "train")  # indexes are fine
     ds_remote[0]  # a good shard
-    with pytest.raises(storage.StorageError, match="sha256"):
+    with pytest.raises(IntegrityError, match="sha256"):
         ds_remote[2 * PER_SHARD]
 
 
@@ -390,7 +418,7 @@ def test_an_index_that_differs_from_the_manifest_is_refused(data, http):
     blob = bytearray((bad / idx).read_bytes())
     blob[-1] ^= 0x01
     (bad / idx).write_bytes(bytes(blob))
-    with pytest.raises(storage.StorageError, match=f"{idx}: sha256 does not match the manifest"):
+    with pytest.raises(IntegrityError, match=f"{idx}: sha256 does not match the manifest"):
         ShardDataset(http.url + "/badidx", "train")
 
 
@@ -400,17 +428,96 @@ def test_cache_evicts_least_recently_used_within_the_cap(data, proxy, env):
     sizes = [(ds / n).stat().st_size for n in names]
     env.setenv("AI8X_SHARDS_CACHE_BYTES", str(sizes[0] + sizes[1] + sizes[2] // 2))  # room for two shards
     url = proxy.url + "/ds"
-    p0 = storage.local_path(url, names[0])
-    p1 = storage.local_path(url, names[1])
-    assert storage.local_path(url, names[0]) == p0  # a hit: used again, no request
+    p0 = cached(url, names[0])
+    p1 = cached(url, names[1])
+    assert cached(url, names[0]) == p0  # a hit: used again, no request
     assert len(proxy.requests("GET", ".tar")) == 2
-    p2 = storage.local_path(url, names[2])
+    p2 = cached(url, names[2])
     assert p0.exists() and p2.exists() and not p1.exists()  # names[1] was the least recently used
-    cache = ShardCache()
+    opts = Options.from_env()
+    cache = ShardCache(opts.cache_path, opts.cache_bytes)
     assert sum(size for _, size, _ in cache.entries()) <= cache.cap
     assert p2.read_bytes() == (ds / names[2]).read_bytes()
-    assert storage.local_path(url, names[1]).exists()  # fetched again on demand
+    assert cached(url, names[1]).exists()  # fetched again on demand
     assert len(proxy.requests("GET", ".tar")) == 4 and not p0.exists()
+
+
+def test_eviction_never_removes_a_shard_a_reader_has_open(data, proxy, env):
+    """A cap smaller than one shard: every shard in use stays, the others go."""
+    _, ds, _ = data
+    names = shard_names(ds)
+    env.setenv("AI8X_SHARDS_CACHE_BYTES", "1")
+    url = proxy.url + "/ds"
+    store = open_store(url)
+    held = store.open_random(entry(url, names[0]))  # a reader holds shard 0 open
+    try:
+        p1 = cached(url, names[1])  # fetched, used, closed
+        cached(url, names[2])
+        assert not p1.exists()  # closed: evicted under the cap
+        assert os.pread(held, 100, 0) == (ds / names[0]).read_bytes()[:100]
+        assert Path(os.readlink(f"/proc/self/fd/{held}")).exists()  # still in the cache, never unlinked under the reader
+    finally:
+        os.close(held)
+
+
+def test_a_cached_shard_changed_at_the_same_size_is_not_reused(data, http, env):
+    _, ds, _ = data
+    url = http.url + "/ds"
+    name = shard_names(ds)[1]
+    path = cached(url, name)
+    n_before = len([r for r in http.log if r[1].endswith(name)])
+    blob = bytearray(path.read_bytes())
+    blob[3000] ^= 0x10
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(blob))  # same size, new mtime: no longer known good
+    fd = open_store(url).open_random(entry(url, name))
+    try:
+        assert os.pread(fd, len(blob) + 1, 0) == (ds / name).read_bytes()  # hashed again, fetched again
+    finally:
+        os.close(fd)
+    assert len([r for r in http.log if r[1].endswith(name)]) == n_before + 1
+    # Corrupted with its stat restored (bit rot): the cache cannot tell, the per-sample check can.
+    st = path.stat()
+    blob = bytearray(path.read_bytes())
+    row = fmt.decode_index((ds / fmt.index_name(name)).read_bytes(), "i")[3]
+    blob[int(row["x_off"]) + 5] ^= 0x01
+    os.chmod(path, 0o644)
+    path.write_bytes(bytes(blob))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    dataset = ShardDataset(url, "train")
+    k = shard_names(ds).index(name) * PER_SHARD + 3
+    with pytest.raises(IntegrityError, match=rf"{name} \(cached copy {path}; delete it .*\): sample {k} \(.*checksum mismatch"):
+        dataset[k]
+
+
+def test_two_processes_with_workers_and_a_tiny_cache_read_every_sample(data, http, env, tmp_path):
+    """Issue #9: a cap smaller than one shard, two processes x two workers: no file vanishes under a reader."""
+    _, _, arrays = data
+    env.setenv("AI8X_SHARDS_CACHE_BYTES", "1")
+    code = textwrap.dedent("""
+        import sys, torch
+        from torch.utils.data import DataLoader
+        from loaders import ShardDataset
+        from loaders.mapstyle import collate
+        ds = ShardDataset(sys.argv[1], "train", output="uint8")
+        seen = []
+        for epoch in range(2):
+            for x, y in DataLoader(ds, batch_size=8, shuffle=True, num_workers=2, collate_fn=collate):
+                seen += [int(v[0, 0, 0]) * 256 + int(v[0, 0, 1]) for v in x]
+        print(sorted(seen) == sorted(list(range(len(ds))) * 2))
+    """)
+    child_env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", code, http.url + "/ds"], env=child_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-3000:] for o in outs]
+    assert [o[0].strip() for o in outs] == ["True", "True"]
 
 
 def _flock_waiters(pids: set[int]) -> int:
@@ -444,7 +551,8 @@ def test_two_processes_download_a_shard_once(data, proxy, env):
     env.setenv("AI8X_SHARDS_TIMEOUT", "120")  # the held download must not time out and retry
     proxy.match = lambda method, path: path.endswith(name)
     proxy.set_plan([Fault("hold")])
-    code = "import sys; from loaders import storage; print(storage.local_path(sys.argv[1], sys.argv[2]))"
+    code = ("import os, sys; from shardwriter.storage import open_store; s = open_store(sys.argv[1]); "
+            "fd = s.open_random(s.read_manifest().entry(sys.argv[2])); print(os.readlink(f'/proc/self/fd/{fd}'))")
     child_env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = [subprocess.Popen([sys.executable, "-c", code, proxy.url + "/ds", name], env=child_env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -472,12 +580,11 @@ def test_threads_download_a_shard_once(data, proxy, env):
     proxy.match = lambda method, path: path.endswith(name)
     proxy.set_plan([Fault("hold")])
     url = proxy.url + "/ds"
-    storage.read_manifest(url)
     results: list[Path | BaseException] = []
 
     def fetch() -> None:
         try:
-            results.append(storage.local_path(url, name))
+            results.append(cached(url, name))
         except BaseException as exc:  # reported below
             results.append(exc)
 
@@ -502,63 +609,63 @@ def test_threads_download_a_shard_once(data, proxy, env):
 def test_upload_then_verify_against_s3(data, s3_proxy, tmp_path):
     _, ds, _ = data
     url = f"s3://{BUCKET}/up"
-    uploaded = remote.upload_dataset(ds, url)
+    uploaded = storage.upload_dataset(ds, url)
     names = shard_names(ds) + shard_names(ds, "test")
     assert sorted(uploaded) == sorted([fmt.MANIFEST_NAME] + names + [fmt.index_name(n) for n in names])
     puts = [r.path for r in s3_proxy.requests("PUT")]
     assert puts[-1].endswith("/up/manifest.json") and len(puts) == len(uploaded)  # the manifest last
-    assert remote.verify_location(url) == []
+    assert verify(url) == []
     assert_same_dataset(ds, url, "test")
-    assert remote.upload_dataset(ds, url) == []  # all there already: nothing sent again
+    assert storage.upload_dataset(ds, url) == []  # all there already: nothing sent again
     # an object altered in the bucket is found by verify, and a re-upload repairs just it
     name = shard_names(ds)[1]
     blob = bytearray((ds / name).read_bytes())
     blob[3000] ^= 0x01
     corrupt = tmp_path / name
     corrupt.write_bytes(bytes(blob))
-    remote.upload_file(url, name, corrupt)
-    problems = remote.verify_location(url)
+    open_store(url).upload(name, corrupt, storage.upload.file_sha256(corrupt))
+    problems = verify(url)
     assert any(p.startswith(f"{name}: sha256 mismatch") for p in problems), problems
-    assert remote.upload_dataset(ds, url) == [name]
-    assert remote.verify_location(url) == []
-    assert "train" in remote.info_location(url)
+    assert storage.upload_dataset(ds, url) == [name]
+    assert verify(url) == []
+    assert "train" in info(url)
     local = tmp_path / "local"
     shutil.copytree(ds, local)
     (local / name).write_bytes(bytes(blob))
-    with pytest.raises(storage.StorageError, match="sha256 differs from its manifest"):
-        remote.upload_dataset(local, f"s3://{BUCKET}/up2")  # a corrupt local shard is never published
+    with pytest.raises(IntegrityError, match="sha256 differs from its manifest"):
+        storage.upload_dataset(local, f"s3://{BUCKET}/up2")  # a corrupt local shard is never published
 
 
 def test_pack_to_a_bucket_via_staging_and_overwrite_rules(data, s3_env, tmp_path):
     root, ds, _ = data
     env_cache = Path(os.environ["AI8X_SHARDS_CACHE"])
     url = f"s3://{BUCKET}/packed"
-    with remote.staged_output(url) as out:
+    with storage.staged_output(url) as out:
         assert env_cache in out.parents
         pack(NpzSource(root / "src", classes=list(range(5))), out, max_count=PER_SHARD, quiet=True)
     assert not out.exists()  # uploaded, then removed
-    assert remote.verify_location(url) == []
+    assert verify(url) == []
     assert_same_dataset(ds, url, "train")
     other = tmp_path / "other"
     other.mkdir()
     np.savez(other / "train.npz", x=tagged(10, 9)[0], y=np.zeros(10, np.int64))
-    with pytest.raises(storage.StorageError, match="already holds a different dataset"):
-        with remote.staged_output(url) as out:
+    with pytest.raises(StorageError, match="already holds a different dataset"):
+        with storage.staged_output(url) as out:
             pack(NpzSource(other, classes=list(range(5))), out, quiet=True)
-    with remote.staged_output(url, overwrite=True) as out:
+    with storage.staged_output(url, overwrite=True) as out:
         pack(NpzSource(other, classes=list(range(5))), out, overwrite=True, quiet=True)
-    m = storage.read_manifest(url)
-    assert sum(s["count"] for s in m["splits"].values()) == 10 and remote.verify_location(url) == []
-    with pytest.raises(storage.StorageError, match="no such object"):  # the old dataset's extra shards are gone
-        storage.read_bytes(url, shard_names(ds)[3])
+    m = open_store(url).read_manifest()
+    assert sum(s.count for s in m.splits.values()) == 10 and verify(url) == []
+    with pytest.raises(MissingError, match="no such object"):  # the old dataset's extra shards are gone
+        open_store(url).read_bytes(shard_names(ds)[3])
     # sub-folder datasets (pack aisegment writes one per variant) go to URL/SUB
     two = tmp_path / "two"
     for sub in ("A_80", "A_352"):
         shutil.copytree(ds, two / sub)
-    remote.upload_dataset(two, f"s3://{BUCKET}/variants")
-    assert remote.verify_location(f"s3://{BUCKET}/variants/A_352") == []
-    with pytest.raises(storage.StorageError, match="read-only"):
-        with remote.staged_output("https://example.invalid/ds"):
+    storage.upload_dataset(two, f"s3://{BUCKET}/variants")
+    assert verify(f"s3://{BUCKET}/variants/A_352") == []
+    with pytest.raises(StorageError, match="read-only"):
+        with storage.staged_output("https://example.invalid/ds"):
             pass
 
 
@@ -566,8 +673,8 @@ def test_gcs_upload_and_verify(data, gcs, env):
     _, ds, _ = data
     for k, v in gcs.env().items():
         env.setenv(k, v)
-    assert remote.verify_location(f"gs://{gcs.bucket}/ds") == []
-    assert remote.upload_dataset(ds, f"gs://{gcs.bucket}/ds") == []
+    assert verify(f"gs://{gcs.bucket}/ds") == []
+    assert storage.upload_dataset(ds, f"gs://{gcs.bucket}/ds") == []
 
 
 # --------------------------------------------------------------------------- pipe:
@@ -576,26 +683,45 @@ def test_gcs_upload_and_verify(data, gcs, env):
 def test_pipe_is_refused_unless_opted_in_and_never_uses_a_shell(data, env, tmp_path):
     _, ds, _ = data
     loc = f"pipe:cat {ds}/{{name}}"
-    with pytest.raises(storage.StorageError, match="AI8X_SHARDS_ALLOW_PIPE=1"):
-        storage.read_manifest(loc)
+    with pytest.raises(SettingsError, match="AI8X_SHARDS_ALLOW_PIPE=1"):
+        open_store(loc).read_manifest()
     env.setenv("AI8X_SHARDS_ALLOW_PIPE", "1")
-    assert storage.read_manifest(loc)["splits"]["train"]["count"] == N_TRAIN
+    assert open_store(loc).read_manifest().splits["train"].count == N_TRAIN
     assert_same_dataset(ds, loc, "test")
     marker = tmp_path / "marker"
-    env.setenv("AI8X_SHARDS_RETRIES", "1")
-    with pytest.raises(storage.StorageError, match="exited with status"):
-        storage.read_manifest(f"pipe:cat {ds}/{{name}}; touch {marker}")
-    with pytest.raises(storage.StorageError, match="exited with status"):
-        storage.read_manifest(f"pipe:cat {ds}/{{name}} $(touch {marker})")
+    with pytest.raises(StorageError, match="exited with status"):
+        open_store(f"pipe:cat {ds}/{{name}}; touch {marker}").read_manifest()
+    with pytest.raises(StorageError, match="exited with status"):
+        open_store(f"pipe:cat {ds}/{{name}} $(touch {marker})").read_manifest()
     assert not marker.exists()  # no shell ever saw the ; or $( )
-    with pytest.raises(storage.StorageError, match=r"needs \{name\}"):
-        storage.read_manifest("pipe:cat manifest.json")
+    with pytest.raises(SettingsError, match=r"needs \{name\}"):
+        open_store("pipe:cat manifest.json")
+
+
+def test_permanent_failures_are_not_retried(data, env, tmp_path):
+    """A command that exits non-zero runs once; a 403 is asked once; an unknown host fails at once."""
+    root, ds, _ = data
+    env.setenv("AI8X_SHARDS_ALLOW_PIPE", "1")
+    env.setenv("AI8X_SHARDS_RETRIES", "5")
+    env.setenv("AI8X_SHARDS_BACKOFF", "5")  # a retry would be seen: it waits
+    runs = tmp_path / "runs"
+    script = "import sys; open(sys.argv[1], 'a').write('x'); sys.exit(3)"
+    with pytest.raises(StorageError, match="exited with status 3"):
+        open_store(f"pipe:{sys.executable} -c {shlex.quote(script)} {runs} {{name}}").read_manifest()
+    assert runs.read_text() == "x"
+    with RangeHTTPServer(root / "www", fail={"manifest.json": 403}) as server:
+        with pytest.raises(StorageError, match="HTTP 403"):
+            open_store(server.url + "/ds").read_manifest()
+        assert len([r for r in server.log if r[1].endswith("manifest.json")]) == 1
+    with pytest.raises(StorageError, match="unknown host") as err:
+        open_store("http://no-such-host.invalid/ds").read_manifest()
+    assert "gave up" not in str(err.value)
 
 
 def test_http_locations_are_read_only(data):
     _, ds, _ = data
-    with pytest.raises(storage.StorageError, match="read-only"):
-        remote.upload_dataset(ds, "http://127.0.0.1:9/ds")
+    with pytest.raises(StorageError, match="read-only"):
+        storage.upload_dataset(ds, "http://127.0.0.1:9/ds")
 
 
 # --------------------------------------------------------------------------- a streaming epoch
@@ -619,8 +745,8 @@ def test_streaming_epoch_over_http_through_faults_yields_each_sample_once(data, 
 def test_cli_packs_to_a_bucket_and_train_py_reads_it_by_url(s3_env, tmp_path, capsys):
     from types import SimpleNamespace
 
-    from loaders.ai8x import datasets
     from ai8x_shards.cli import main as cli
+    from loaders.ai8x import datasets
     from shardwriter.synth import synth_aisegment
 
     raw = synth_aisegment(tmp_path / "raw", images=4, seed=1)

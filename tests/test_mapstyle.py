@@ -165,11 +165,11 @@ def test_truncated_shard_and_stale_index_are_named(data, tmp_path):
     shard.write_bytes(shard.read_bytes()[:5000])
     ds = ShardDataset(copy, "train")
     assert ds[36][0] is not None  # shard 0 is intact
-    with pytest.raises(FormatError, match="train-000001.tar: sample 70 cut short"):
-        ds[70]
+    with pytest.raises(FormatError, match=r"train-000001.tar: 5000 bytes, the manifest says \d+ \(truncated"):
+        ds[70]  # refused when the shard is opened, before a sample is read from it
     idx = copy / "train-000002.idx"
     idx.write_bytes(fmt.encode_index(fmt.decode_index(idx.read_bytes(), "i")[:-1]))
-    with pytest.raises(FormatError, match="train-000002.idx: 36 rows but the manifest says 37"):
+    with pytest.raises(FormatError, match=r"train-000002.idx: \d+ bytes, the manifest says \d+"):
         ShardDataset(copy, "train")
 
 

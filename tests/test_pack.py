@@ -17,9 +17,9 @@ import webdataset as wds
 from helpers import make_npz, tree_bytes
 from PIL import Image
 
+from ai8x_shards.cli import main as cli
 from shardwriter import PackError, ShardWriter, pack
 from shardwriter import format as fmt
-from ai8x_shards.cli import main as cli
 from shardwriter.pack import JOB_FILE
 from shardwriter.sources import DatasetSource, ImageFolderSource, NpzSource
 from shardwriter.synth import synth_imagefolder

@@ -261,19 +261,22 @@ def test_truncated_shards_raise_naming_shard_and_offset(tmp_path):
     whole = path.read_bytes()
     cut = int(rows["offset"][3]) + 10  # inside the payload of sample 3
     path.write_bytes(whole[:cut])
-    with pytest.raises(fmt.FormatError, match=re.escape(f"{path}: member '000000003.msgpack' at byte {cut - 10 - fmt.BLOCK}")):
-        list(StreamingShardDataset(ds_dir, shuffle=False))
+    with pytest.raises(fmt.FormatError, match=re.escape(f"{path}: {cut} bytes, the manifest says {len(whole)} (truncated")):
+        list(StreamingShardDataset(ds_dir, shuffle=False))  # refused at open: a regular file of the manifest's size
+    # Without a manifest or index (explicit shard paths), the scan names the cut.
+    (ds_dir / "train-000000.idx").unlink()
+    with pytest.raises(fmt.FormatError, match=re.escape(f"{path}: member '000000003.msgpack' at byte {cut - 10 - fmt.BLOCK} declares")):
+        StreamingShardDataset(shards=[str(path)], shuffle=False)
     # Cut exactly after the last sample: no end-of-archive marker (webdataset ends silently here).
     end = int(rows["offset"][-1] + rows["size"][-1])
     end += -end % fmt.BLOCK
     path.write_bytes(whole[:end])
     with pytest.raises(fmt.FormatError, match=re.escape(f"{path}: ends at byte {end} without the end-of-archive marker")):
-        list(StreamingShardDataset(ds_dir, shuffle=False))
-    # Cut after sample 2: the index still lists samples 3 and 4.
-    two = int(rows["offset"][3]) - fmt.BLOCK
-    path.write_bytes(whole[:two])
-    with pytest.raises(fmt.FormatError, match=re.escape(f"{path}: ends at byte {two}")):
-        list(StreamingShardDataset(ds_dir, shuffle=False))
+        StreamingShardDataset(shards=[str(path)], shuffle=False)
+    # With the index beside it, the index no longer fits the shard.
+    (ds_dir / "train-000000.idx").write_bytes(fmt.encode_index(rows))
+    with pytest.raises(fmt.FormatError, match=r"train-000000.idx: row 4: the last record does not end where"):
+        StreamingShardDataset(shards=[str(path)], shuffle=False)
 
 
 def test_shard_holding_another_count_than_manifest_and_index_raises(tmp_path):
@@ -282,16 +285,19 @@ def test_shard_holding_another_count_than_manifest_and_index_raises(tmp_path):
     manifest["splits"]["train"]["shards"][0]["count"] = 4  # the index lists 5
     manifest["splits"]["train"]["count"] = 11
     (ds_dir / "manifest.json").write_bytes(fmt.dump_manifest(manifest))
-    with pytest.raises(fmt.FormatError, match=r"train-000000\.idx: lists 5 samples of .*train-000000\.tar, not the 4 the manifest says"):
-        list(StreamingShardDataset(ds_dir, shuffle=False))
+    with pytest.raises(fmt.FormatError, match=r"manifest.json: field splits.train.shards\[0\].index.bytes is \d+; a format-2 index of 4 rows"):
+        StreamingShardDataset(ds_dir, shuffle=False)
     # A shard with one member more than its index (and the manifest) lists.
     ds_dir = make_dataset(tmp_path / "extra", 12)
     path = ds_dir / "train-000002.tar"
-    body = path.read_bytes()[: -len(fmt.TAR_END)]
+    whole = path.read_bytes()
+    body = whole[: -len(fmt.TAR_END)]
     extra = fmt.encode_record("000000099", np.zeros((1, 4, 4), np.uint8), "class", 1)
     path.write_bytes(body + fmt.member_bytes("000000099.msgpack", extra.payload) + fmt.TAR_END)
-    with pytest.raises(fmt.FormatError, match=re.escape(f"{path}: holds more than the 2 samples its index lists (member '000000099.msgpack' at byte {len(body)})")):
+    with pytest.raises(fmt.FormatError, match=re.escape(f"{path}: {path.stat().st_size} bytes, the manifest says {len(whole)}")):
         list(StreamingShardDataset(ds_dir, shuffle=False))
+    with pytest.raises(fmt.FormatError, match="train-000002.idx: row 1: the last record does not end where"):
+        StreamingShardDataset(shards=[str(path)], shuffle=False)
 
 
 # --------------------------------------------------------------------------- length

@@ -130,11 +130,11 @@ def iter_tar_members(f: IO[bytes], shard: str, end: int, start: int = 0) -> Iter
         name, size, typeflag = parse_tar_header(block, f"{shard} at byte {pos}")
         if typeflag not in (b"0", b"\0"):
             raise FormatError(f"{shard}: member {name!r} at byte {pos} has tar type {typeflag!r}; shards hold only regular members")
-        room = end - pos - BLOCK - len(TAR_END)
+        room = end - pos - BLOCK
         if padded(size) > room:
             raise FormatError(
                 f"{shard}: member {name!r} at byte {pos} declares {size} bytes, but the shard has only {max(room, 0)} "
-                "before its end-of-archive marker (damaged header or truncated shard)"
+                "after its header (damaged header or truncated shard)"
             )
         data = read_exact(f, padded(size))
         if len(data) < padded(size):

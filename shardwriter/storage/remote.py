@@ -305,6 +305,7 @@ class RemoteStream(io.RawIOBase):
         self._meta = Meta(size, "the manifest" if size is not None else "")
         self._pos = 0
         self._buf, self._off = b"", 0
+        self._buf_start = 0  # object offset of _buf's first byte
         self._sha256 = sha256
         self._hash: Any = hashlib.sha256() if sha256 is not None else None
         self._hashed = 0  # bytes [0, _hashed) went into _hash
@@ -320,7 +321,7 @@ class RemoteStream(io.RawIOBase):
         return self._pos
 
     def _chunk(self) -> bytes:
-        start = self._pos - self._off + len(self._buf)  # object offset of the chunk that comes next
+        start = self._buf_start + len(self._buf)  # object offset of the chunk that comes next
         data = self._src.next()
         if self._hash is not None:
             if start == self._hashed:
@@ -345,7 +346,9 @@ class RemoteStream(io.RawIOBase):
         need = n
         while need > 0:
             if self._off >= len(self._buf):
-                self._buf, self._off = self._chunk(), 0
+                data = self._chunk()
+                self._buf_start += len(self._buf)
+                self._buf, self._off = data, 0
                 if not self._buf:
                     break
             piece = self._buf[self._off : self._off + need] if self._off or need < len(self._buf) else self._buf
@@ -382,7 +385,7 @@ class RemoteStream(io.RawIOBase):
             raise ValueError(f"invalid whence {whence}")
         if offset < 0:
             raise ValueError(f"negative seek position {offset}")
-        buf_start = self._pos - self._off
+        buf_start = self._buf_start
         if buf_start <= offset <= buf_start + len(self._buf):
             self._off, self._pos = offset - buf_start, offset
         elif 0 < offset - self._pos <= max(self._opts.readahead, self._opts.chunk):
@@ -390,7 +393,7 @@ class RemoteStream(io.RawIOBase):
                 pass
         else:
             self._src.close()
-            self._buf, self._off, self._pos = b"", 0, offset
+            self._buf, self._off, self._pos, self._buf_start = b"", 0, offset, offset
             self._src = _Source(_Resumer(self._store, self._file, self._opts, offset, self._meta), self._opts)
         return self._pos
 
