@@ -8,6 +8,8 @@ C. ours, map-style: :class:`loaders.ShardDataset` through train.py's data path (
    index sampler, a DataLoader with workers, the dataset entry's ``collate``).
 D. ours, streaming: :class:`loaders.streaming.StreamingShardDataset` (batched in the
    dataset, ``DataLoader(batch_size=None)``), on the same shards as C.
+   ``C-nocheck`` / ``D-nocheck``: the same with the per-sample checksum check off
+   (``Options(verify_samples=False)``), so the check's cost is measured side by side.
 E. stock webdataset 1.0 reading the same shards: shard shuffle, a 1000-sample shuffle
    buffer of raw samples, msgpack decode and the same normalization per sample.
 F. the peers (MosaicML Streaming, LitData): see :mod:`benchmarks.peers`.
@@ -241,6 +243,18 @@ class OursMapStyle(Approach):
         return sorted(p for p in out.iterdir() if p.suffix in (".tar", ".idx", ".json"))
 
 
+class OursMapStyleUnchecked(OursMapStyle):
+    """C with the per-sample checksum check turned off: the other half of the check's cost, side by side."""
+
+    key, label, data_of = "C-nocheck", "C. ours: map-style, per-sample checks off", "C"
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        from loaders import ShardDataset
+        from shardwriter.options import Options
+
+        return ShardDataset(out, "train", options=Options(verify_samples=False))
+
+
 class OursStreaming(Approach):
     key, label, kind, data_of = "D", "D. ours: streaming", "iter", "C"
 
@@ -265,6 +279,19 @@ class OursStreaming(Approach):
 
     def files(self, out: Path) -> list[Path]:
         return OursMapStyle().files(out)
+
+
+class OursStreamingUnchecked(OursStreaming):
+    """D with the per-sample checksum check turned off."""
+
+    key, label, data_of = "D-nocheck", "D. ours: streaming, per-sample checks off", "C"
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        from loaders.streaming import StreamingShardDataset
+        from shardwriter.options import Options
+
+        return StreamingShardDataset(out, "train", shuffle=True, seed=0, shuffle_buffer=SHUFFLE_BUFFER, batch_size=batch,
+                                     options=Options(verify_samples=False))
 
 
 # --------------------------------------------------------------------------- E (webdataset)
@@ -393,7 +420,9 @@ def registry() -> dict[str, Approach]:
         InMemoryPickle(),
         DiskPickles(),
         OursMapStyle(),
+        OursMapStyleUnchecked(),
         OursStreaming(),
+        OursStreamingUnchecked(),
         StockWebDataset(),
         MosaicStreamingPeer(),
         LitDataPeer(),

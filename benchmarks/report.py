@@ -25,6 +25,8 @@ RESOLUTION = 4 << 20  # bytes of RssAnon growth below which per-sample cost is n
 MiB = 1 << 20
 
 OURS = ("C", "D")
+#: rows that read C's shards with a setting changed: shown in their own table, not the headline
+VARIANTS = ("C-nocheck", "D-nocheck")
 PEERS = ("E", "F-mds", "F-litdata")
 
 
@@ -127,6 +129,11 @@ def floors(summary: dict[str, Any], workers: int) -> list[dict[str, Any]]:
                           + ("; with workers, moving every batch between processes caps every reader" if cfg.startswith("wN") else ""))
 
     wn = f"{workers} workers"
+    for case in summary:  # issue #9: the per-sample check costs at most 5 % of C's and D's samples/s
+        for key in OURS:
+            for name, label in (("w0-warm", "1 proc, warm"), ("wN-warm", f"{wn}, warm")):
+                add(case, f"{key} with per-sample checks ≥ 0.95x {key} without ({label})", rate(case, key, name),
+                    rate(case, f"{key}-nocheck", name), 0.95, f"{key}-nocheck")
     for case, need in (("large", 1.5), ("small", 2.0)):
         if case not in summary:
             continue
@@ -269,13 +276,30 @@ def floors_table(rows: list[dict[str, Any]], judged: bool) -> str:
     return "\n".join(lines)
 
 
+def check_cost(summary: dict[str, Any], workers: int) -> str:
+    """What the per-sample checksum check costs C and D: samples/s with and without it, side by side."""
+    lines = [
+        "| case | reader | setting | checks on (samples/s) | checks off (samples/s) | cost |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for case, entry in summary.items():
+        rows = entry["rows"]
+        for key in OURS:
+            on, off = rows.get(key, {}), rows.get(f"{key}-nocheck", {})
+            for name, label in (("w0-warm", "1 process, warm"), ("wN-warm", f"{workers} workers, warm")):
+                a, b = on.get("rates", {}).get(name), off.get("rates", {}).get(name)
+                cost = f"{(1 - a / b) * 100:+.1f} %" if a and b else "–"
+                lines.append(f"| {case} | {key} | {label} | {_n(a)} | {_n(b)} | {cost} |")
+    return "\n".join(lines)
+
+
 def headline(summary: dict[str, Any], workers: int) -> str:
     """The compact table for the README: warm samples/s, large-sample peak RSS, small-sample disk."""
     keys: list[str] = []
     labels: dict[str, str] = {}
     for entry in summary.values():
         for k, s in entry["rows"].items():
-            if k not in keys:
+            if k not in keys and k not in VARIANTS:
                 keys.append(k)
                 labels[k] = s["label"]
     lines = [
