@@ -13,9 +13,17 @@ D. ours, streaming: :class:`loaders.streaming.StreamingShardDataset` (batched in
 E. stock webdataset 1.0 reading the same shards: shard shuffle, a 1000-sample shuffle
    buffer of raw samples, msgpack decode and the same normalization per sample.
 F. the peers (MosaicML Streaming, LitData): see :mod:`benchmarks.peers`.
-G. ceilings: ``G-raw`` reads C's shard bytes with no decoding at all (the raw-read
-   baseline); ``G-memmap`` is a per-sample ``Dataset`` over a numpy memmap of the same
-   uint8 arrays, with the same normalization: no format at all.
+G. ceilings: the best readers that could exist for the same output, over the same uint8
+   arrays with no format at all (numpy memmaps of ``x.npy`` / ``y.npy``):
+   ``G-batched`` gathers each batch with one fancy index (sorted indices), normalizes it
+   into fresh float32 and widens targets into fresh int64 (no DataLoader);
+   ``G-batched-dl`` is the same gather as a ``Dataset.__getitems__`` through the same
+   DataLoader path as C (sampler, batch sampler, the uint8 transit and normalize on
+   arrival of :mod:`loaders.batch`); ``G-bandwidth`` only writes each batch's output bytes
+   (float32 inputs + int64 targets) with ``np.copyto`` into reused buffers: the memory
+   bandwidth bound. ``G-raw`` reads C's shard files with no decoding (the raw-read
+   baseline), and ``G-memmap`` is the naive per-sample ``Dataset`` loop over the memmap,
+   through ``default_collate`` (kept for comparison; not a ceiling).
 
 Every reader yields float32 inputs ``(p - 128) / 128`` and int64 targets, batch by batch.
 Per-sample readers (A, B, E, F, G-memmap) normalize each sample with
@@ -398,7 +406,7 @@ class MemmapDataset(Dataset):
 
 
 class MemmapCeiling(Approach):
-    key, label = "G-memmap", "G. ceiling: per-sample loop over a numpy memmap"
+    key, label = "G-memmap", "G-memmap: naive per-sample loop over a numpy memmap (not a ceiling)"
 
     def create(self, case: Case, src: dict[str, str], out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -410,6 +418,98 @@ class MemmapCeiling(Approach):
 
     def loader(self, ds: Any, case: Case, workers: int, batch: int, epoch: int) -> Iterable[Any]:
         return map_loader(ds, workers, batch, epoch)
+
+
+class BatchedMemmap(Dataset):
+    """The batched ceiling: a batch is one gather from a memmap, then one normalize / widen into fresh arrays."""
+
+    def __init__(self, out: Path) -> None:
+        self.x = np.load(out / "x.npy", mmap_mode="r")
+        self.y = np.load(out / "y.npy", mmap_mode="r")
+        self.mask = self.y.ndim > 1
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def raw(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.sort(np.asarray(indices, dtype=np.int64))
+        return self.x[idx], np.asarray(self.y[idx])
+
+    def __getitems__(self, indices: Any) -> Any:
+        from loaders.batch import Batch
+
+        x, y = self.raw(indices)
+        return Batch(torch.from_numpy(x), torch.from_numpy(y if self.mask else y.astype(np.int64)), False, self.mask)
+
+
+class BatchedCeiling(Approach):
+    key, label = "G-batched", "G. ceiling: batched memmap, fresh arrays, no DataLoader"
+
+    def create(self, case: Case, src: dict[str, str], out: Path) -> None:
+        MemmapCeiling().create(case, src, out)
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        return BatchedMemmap(out)
+
+    def loader(self, ds: Any, case: Case, workers: int, batch: int, epoch: int) -> Iterable[Any] | None:
+        if workers:
+            return None
+        return self._batches(ds, batch, epoch)
+
+    @staticmethod
+    def _batches(ds: BatchedMemmap, batch: int, epoch: int) -> Iterator[Any]:
+        perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(epoch)).numpy()
+        for a in range(0, len(perm), batch):
+            x, y = ds.raw(perm[a : a + batch])
+            yield torch.from_numpy(normalize_np(x)), torch.from_numpy(y.astype(np.int64))
+
+
+class BatchedDataLoaderCeiling(Approach):
+    key, label, data_of = "G-batched-dl", "G. ceiling: batched memmap through C's DataLoader path", "G-batched"
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        return BatchedMemmap(out)
+
+    def loader(self, ds: Any, case: Case, workers: int, batch: int, epoch: int) -> Iterable[Any]:
+        from loaders.batch import collate
+
+        return map_loader(ds, workers, batch, epoch, collate)
+
+    def files(self, out: Path) -> list[Path]:
+        return [out / "x.npy", out / "y.npy"]
+
+
+class BandwidthCeiling(Approach):
+    """Memory bandwidth: writing each batch's output bytes (float32 inputs, int64 targets), nothing else."""
+
+    key, label, kind, data_of = "G-bandwidth", "G. ceiling: memory bandwidth (copy of the output bytes)", "raw", "G-batched"
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        x = np.load(out / "x.npy", mmap_mode="r")
+        y = np.load(out / "y.npy", mmap_mode="r")
+        src_x = normalize_np(np.asarray(x[:batch]))
+        src_y = np.asarray(y[:batch]).astype(np.int64)
+        return src_x, src_y, len(x)
+
+    def loader(self, ds: Any, case: Case, workers: int, batch: int, epoch: int) -> Iterator[Any] | None:
+        if workers:
+            return None
+        return self._copy(*ds)
+
+    @staticmethod
+    def _copy(src_x: np.ndarray, src_y: np.ndarray, n: int) -> Iterator[Any]:
+        dst_x, dst_y = np.empty_like(src_x), np.empty_like(src_y)
+        np.copyto(dst_x, src_x)  # first touch outside the timing of the steady state: reused buffers
+        np.copyto(dst_y, src_y)
+        b = len(src_x)
+        for a in range(0, n, b):
+            k = min(b, n - a)
+            np.copyto(dst_x[:k], src_x[:k])
+            np.copyto(dst_y[:k], src_y[:k])
+        yield ("raw", n, n * (src_x[0].nbytes + src_y[0].nbytes))
+
+    def files(self, out: Path) -> list[Path]:
+        return [out / "x.npy", out / "y.npy"]
 
 
 def registry() -> dict[str, Approach]:
@@ -427,6 +527,9 @@ def registry() -> dict[str, Approach]:
         MosaicStreamingPeer(),
         LitDataPeer(),
         RawRead(),
+        BatchedCeiling(),
+        BatchedDataLoaderCeiling(),
+        BandwidthCeiling(),
         MemmapCeiling(),
     ]
     return {a.key: a for a in found}

@@ -132,8 +132,14 @@ class Checker:
         return "; ".join(problems) or "ok"
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (all its threads) and of its waited-for children (DataLoader workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_epoch(approach: Any, ds: Any, case: Any, sig: np.ndarray, workers: int, batch: int, epoch: int) -> dict[str, Any] | None:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu()
     loader = approach.loader(ds, case, workers, batch, epoch)
     if loader is None:
         return None
@@ -144,9 +150,12 @@ def run_epoch(approach: Any, ds: Any, case: Any, sig: np.ndarray, workers: int, 
             samples += item[1]
             continue
         samples += check.batch(item)
+    del loader  # DataLoader workers are reaped, so their CPU time is counted
     seconds = time.perf_counter() - t0 - check.seconds
+    cpu = _cpu() - c0 - check.seconds
     verdict = check.verdict() if approach.kind != "raw" else "ok (bytes only)"
-    return {"seconds": seconds, "samples": samples, "rate": samples / seconds if seconds > 0 else 0.0, "check": verdict}
+    return {"seconds": seconds, "samples": samples, "rate": samples / seconds if seconds > 0 else 0.0, "check": verdict,
+            "cpu_per_sample": cpu / samples if samples else None}
 
 
 def create(req: dict[str, Any], approach: Any, case: Any) -> dict[str, Any]:

@@ -25,8 +25,10 @@ RESOLUTION = 4 << 20  # bytes of RssAnon growth below which per-sample cost is n
 MiB = 1 << 20
 
 OURS = ("C", "D")
+#: the ceilings: the best readers that could exist for the same output (not competitors)
+CEILINGS = ("G-raw", "G-batched", "G-batched-dl", "G-bandwidth")
 #: rows that read C's shards with a setting changed: shown in their own table, not the headline
-VARIANTS = ("C-nocheck", "D-nocheck")
+VARIANTS = ("C-nocheck", "D-nocheck", "G-batched-dl", "G-bandwidth")
 PEERS = ("E", "F-mds", "F-litdata")
 
 
@@ -87,13 +89,13 @@ def combine(raw: dict[str, Any], workers: int, budget: int) -> dict[str, dict[st
             s["rates"], s["checks"] = rates, checks
         raw_base = rows.get("G-raw", {}).get("rates", {})
         for name, _ in CONFIGS:
-            fastest = max((s["rates"][name] for k, s in rows.items() if k != "G-raw" and name in s.get("rates", {})), default=None)
+            fastest = max((s["rates"][name] for k, s in rows.items() if k not in CEILINGS and name in s.get("rates", {})), default=None)
             base = raw_base.get("w0-" + name.split("-")[1])
             for key, s in rows.items():
                 rate = s.get("rates", {}).get(name)
                 if rate is None:
                     continue
-                s.setdefault("x_fastest", {})[name] = rate / fastest if fastest and key != "G-raw" else None
+                s.setdefault("x_fastest", {})[name] = rate / fastest if fastest and key not in CEILINGS else None
                 s.setdefault("x_raw", {})[name] = rate / base if base else None
     return out
 
@@ -122,13 +124,23 @@ def floors(summary: dict[str, Any], workers: int) -> list[dict[str, Any]]:
         if row["met"] is not False or not row["ref"]:
             return
         target = row["need"] * row["ref"]
-        best = max(((s.get("rates", {}).get(cfg) or 0.0, k) for k, s in rows(row["case"]).items() if k != "G-raw"), default=(0.0, ""))
+        best = max(((s.get("rates", {}).get(cfg) or 0.0, k) for k, s in rows(row["case"]).items() if k not in CEILINGS), default=(0.0, ""))
         if best[0] and target > best[0]:
             row["why"] = (f"{row['need']:g}x {row['ref_name']} is {target:,.0f}/s; no reader measured here reaches that ({label}: fastest "
                           f"{best[1]}, {best[0]:,.0f}/s, the no-format memmap ceiling included)"
                           + ("; with workers, moving every batch between processes caps every reader" if cfg.startswith("wN") else ""))
 
     wn = f"{workers} workers"
+    # issue #12: against the true ceilings (same data, same output, this run)
+    if "small" in summary:
+        add("small", "C ≥ 0.9x the batched memmap through the same DataLoader path (1 proc, warm)",
+            rate("small", "C", "w0-warm"), rate("small", "G-batched-dl", "w0-warm"), 0.9, "G-batched-dl")
+        add("small", "C ≥ 0.5x the batched memmap without a DataLoader (1 proc, warm)",
+            rate("small", "C", "w0-warm"), rate("small", "G-batched", "w0-warm"), 0.5, "G-batched")
+        add("small", "D ≥ 0.5x C (1 proc, warm)", rate("small", "D", "w0-warm"), rate("small", "C", "w0-warm"), 0.5, "C")
+    if "large" in summary:
+        add("large", "C ≥ 0.95x the batched memmap into fresh arrays (1 proc, warm)",
+            rate("large", "C", "w0-warm"), rate("large", "G-batched", "w0-warm"), 0.95, "G-batched")
     for case in summary:  # issue #9: the per-sample check costs at most 5 % of C's and D's samples/s
         for key in OURS:
             for name, label in (("w0-warm", "1 proc, warm"), ("wN-warm", f"{wn}, warm")):
@@ -174,7 +186,7 @@ def floors(summary: dict[str, Any], workers: int) -> list[dict[str, Any]]:
             b = rate(case, "B", name)
             if row["met"] is False and b:
                 warm = name.replace("cold", "warm")
-                best = max(((s.get("rates", {}).get(warm) or 0.0, k) for k, s in rows(case).items() if k != "G-raw"), default=(0.0, ""))
+                best = max(((s.get("rates", {}).get(warm) or 0.0, k) for k, s in rows(case).items() if k not in CEILINGS), default=(0.0, ""))
                 raw = rate(case, "G-raw", "w0-cold")
                 if best[0] and 5 * b > best[0]:
                     row["why"] = (f"5x B is {5 * b:,.0f}/s, above the fastest rate of any decoding reader here even with its files "
@@ -273,6 +285,32 @@ def floors_table(rows: list[dict[str, Any]], judged: bool) -> str:
     whys = [f"- {r['case']}, {r['floor']}: {r['why']}." for r in rows if r.get("why")]
     if whys:
         lines += ["", "Structural reasons, computed from this run's figures:", "", *whys]
+    return "\n".join(lines)
+
+
+def ceilings_table(summary: dict[str, Any], workers: int) -> str:
+    """C and D as fractions of the true ceilings, warm cache, this run."""
+    lines = [
+        "| case | reader | setting | samples/s | × batched memmap (no DataLoader) | × batched memmap via C's DataLoader path "
+        "| × memory bandwidth |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for case, entry in summary.items():
+        rows = entry["rows"]
+
+        def r(key: str, name: str, rows: dict[str, Any] = rows) -> float | None:
+            return rows.get(key, {}).get("rates", {}).get(name)
+
+        for key in OURS:
+            for name, label in (("w0-warm", "1 process"), ("wN-warm", f"{workers} workers")):
+                ours = r(key, name)
+                ratios = [ours / ref if ours and ref else None
+                          for ref in (r("G-batched", "w0-warm"), r("G-batched-dl", name), r("G-bandwidth", "w0-warm"))]
+                lines.append(f"| {case} | {key} | {label} | {_n(ours)} | " + " | ".join(_n(v, 2) for v in ratios) + " |")
+        for key, label in (("G-batched", "ceiling"), ("G-batched-dl", "ceiling"), ("G-bandwidth", "bound")):
+            for name, setting in (("w0-warm", "1 process"), ("wN-warm", f"{workers} workers")):
+                if r(key, name):
+                    lines.append(f"| {case} | {key} ({label}) | {setting} | {_n(r(key, name))} | | | |")
     return "\n".join(lines)
 
 

@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the multi-process columns (default 2)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, as the AISegment training script)")
     p.add_argument("--budget-gib", type=float, default=16.0, help="memory budget for 'samples that fit' (default 16 GiB)")
-    p.add_argument("--only", help="comma-separated approach keys (A,B,C,C-nocheck,D,D-nocheck,E,F-mds,F-litdata,G-raw,G-memmap)")
+    p.add_argument("--only", help="comma-separated approach keys (A,B,C,C-nocheck,D,D-nocheck,E,F-mds,F-litdata,G-raw,G-batched,G-batched-dl,G-bandwidth,G-memmap)")
     p.add_argument("--out", type=Path, help="where RESULTS.md and results.png go (default benchmarks/; --quick: a temporary folder)")
     p.add_argument("--work", type=Path, help="scratch folder for the data (default: a new temporary folder, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (and results.json in it)")
@@ -290,6 +290,11 @@ def render(summary: dict[str, Any], floors: list[dict[str, Any]], meta: dict[str
     if failed:
         lines += ["**Failures:** " + "; ".join(failed), ""]
     lines += ["## Headline", "", "Samples/s, warm cache, one epoch (one process = `num_workers=0`).", "", report.headline(summary, w), ""]
+    lines += ["### Against the true ceilings", "",
+              "The best readers that could exist for the same output (float32 inputs, int64 targets), on the same uint8 arrays "
+              "with no format at all, measured in this run: a batched memmap gather with one normalize into fresh arrays (no "
+              "DataLoader), the same as a `Dataset.__getitems__` through the DataLoader path C uses, and the memory bandwidth "
+              "(only writing each batch's output bytes).", "", report.ceilings_table(summary, w), ""]
     lines += ["## Floors", "", report.floors_table(floors, judged=not meta["quick"]), ""]
     lines += ["## What the per-sample checks cost", "",
               "C and D check every sample's input and target bytes against the xxh3-64 hash in its index row on every read "

@@ -64,6 +64,14 @@ class SplitIndex:
     y_hash: np.ndarray  # uint64
     hashed: bool
 
+    @property
+    def x_plain(self) -> np.ndarray:
+        """XXH3-64 of each input's bytes alone (``x_hash`` with the label's mix taken out): what a batch is checked against."""
+        plain = self.__dict__.get("_x_plain")
+        if plain is None:
+            plain = self.__dict__["_x_plain"] = self.x_hash ^ fmt.label_mix(self.label)
+        return plain
+
     def __len__(self) -> int:
         return len(self.shard)
 

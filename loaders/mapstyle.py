@@ -18,6 +18,7 @@ uint8 array in shard order and normalizes it in one vectorized operation (a
 
 from __future__ import annotations
 
+import operator
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -26,21 +27,26 @@ from typing import Any
 import numpy as np
 import torch
 import xxhash
+from numpy.lib.stride_tricks import as_strided
 from torch.utils.data import Dataset
 
 from shardwriter import format as fmt
 from shardwriter.errors import FormatError, SettingsError
 from shardwriter.options import Options
-from shardwriter.storage import Store, open_store
+from shardwriter.storage import Store, cache_for, open_store
 
 from .batch import Batch, collate
 from .index import SplitIndex, integrity_error, warn_unhashed
+from .shardmap import ShardMap
 from .transforms import resolve_act_mode
 
 __all__ = ["Batch", "MAX_OPEN_SHARDS", "ShardDataset", "collate"]
 
 #: Shards a dataset keeps open at once per process (least recently used closed first).
 MAX_OPEN_SHARDS = 64
+#: Records up to this size (input + target bytes) are read by one vectorized gather per batch from a
+#: :class:`~loaders.shardmap.ShardMap`; larger ones by one ``preadv`` each (the system call is then noise).
+GATHER_MAX_BYTES = 64 << 10
 _xxh3 = xxhash.xxh3_64_intdigest
 
 
@@ -122,24 +128,47 @@ class ShardDataset(Dataset):
             perm = np.random.default_rng(seed).permutation(self._length)
             self.valid_indices = sorted(perm[: int(valid_fraction * self._length)].tolist())
         self._fds: OrderedDict[int, int] = OrderedDict()
+        self._pos = np.arange(len(ix), dtype=np.int64)  # position lookup: bounds-checks and resolves negative indices
+        self._small = self._x_len + self._gap + self._y_len <= GATHER_MAX_BYTES
+        self._map: ShardMap | None = None
+        self._map_tried = False
 
     # -- pickling: file descriptors stay in the process that opened them
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_fds"] = OrderedDict()
+        for name in ("_gx", "_gy", "_wx", "_wy"):
+            state.pop(name, None)
+        state["_map"], state["_map_tried"] = None, False
         return state
 
     def close(self) -> None:
-        """Close the open shards (they reopen on the next read)."""
+        """Close the open shards and mappings (they reopen on the next read)."""
         fds, self._fds = getattr(self, "_fds", {}), OrderedDict()
         for fd in fds.values():
             try:
                 os.close(fd)
             except OSError:
                 pass
+        m = getattr(self, "_map", None)
+        if m is not None:
+            for name in ("_wx", "_wy"):
+                self.__dict__.pop(name, None)
+            self._map, self._map_tried = None, False
+            m.close()
 
     def __del__(self) -> None:
         self.close()
+
+    def _open_checked(self, s: int) -> tuple[int, bool]:
+        """A checked descriptor of shard ``s`` and whether to keep it open (a remote shard's cached copy)."""
+        fd = self.store.open_random(self.index.shards[s])
+        try:
+            self._check_first_header(fd, s)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, self.store.kind != "local"
 
     def _fd(self, s: int) -> int:
         fds = self._fds
@@ -147,13 +176,7 @@ class ShardDataset(Dataset):
         if fd is not None:
             fds.move_to_end(s)
             return fd
-        shard = self.index.shards[s]
-        fd = self.store.open_random(shard)
-        try:
-            self._check_first_header(fd, s)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = self._open_checked(s)[0]
         fds[s] = fd
         while len(fds) > MAX_OPEN_SHARDS:
             os.close(fds.popitem(last=False)[1])
@@ -178,53 +201,104 @@ class ShardDataset(Dataset):
             raise IndexError(f"index {i} out of range for {self._length} samples")
         return i
 
+    def _indices(self, indices: Sequence[int]) -> np.ndarray:
+        """``indices`` as a checked int64 array of positions in ``[0, len)`` (negative ones counted from the end)."""
+        idx = np.asarray(indices)
+        if idx.dtype.kind not in "iu" or idx.ndim != 1:
+            idx = np.fromiter((operator.index(i) for i in indices), dtype=np.int64, count=len(indices))
+        n = self._length
+        if n != len(self.index):  # truncated: the index arrays would accept more than the dataset serves
+            bad = idx[(idx < -n) | (idx >= n)]
+            if len(bad):
+                raise IndexError(f"index {int(bad[0])} out of range for {n} samples")
+        # Otherwise the first lookup checks the bounds (IndexError) and counts negative indices from the end;
+        # the positions themselves are needed for messages, labels and hashes, so make them non-negative.
+        idx = self._pos[idx]
+        return idx
+
     def _sample_error(self, i: int, what: str) -> FormatError:
         shard, _ = self.index.position(i)
         name = shard.file
         if self.store.kind != "local":  # read from the local cache: say which copy is damaged
-            fd = self._fds.get(int(self.index.shard[i]))
-            try:
-                name += f" (cached copy {os.readlink(f'/proc/self/fd/{fd}')}; delete it to fetch the shard again)"
-            except (OSError, TypeError):
-                pass
+            name += f" (cached copy {cache_for(self.options).path_for(shard.sha256)}; delete it to fetch the shard again)"
         return integrity_error(str(self.location), name, f"{self.index.describe(i)} (dataset index {i})", what)
 
-    def _read_into(self, i: int, x: np.ndarray, y: np.ndarray | None, scratch: bytearray) -> None:
-        ix = self.index
-        s = int(ix.shard[i])
-        bufs = [memoryview(x).cast("B")]
-        want = self._x_len
-        if y is not None:
-            bufs += [scratch, memoryview(y).cast("B")]
-            want += self._gap + self._y_len
-        start = int(ix.x_off[i])
-        got = os.preadv(self._fd(s), bufs, start)
-        if got != want:
-            raise FormatError(f"{self.store.describe(self.shards[s])}: sample {i} cut short at byte {start + got} (truncated shard)")
-        if self._verify:
-            if _xxh3(x, int(ix.label[i]) + 1) != int(ix.x_hash[i]):
-                raise self._sample_error(i, "its input bytes" if self.target_kind != "class" else "its input bytes or label")
-            if y is not None and _xxh3(y) != int(ix.y_hash[i]):
-                raise self._sample_error(i, "its target bytes")
+    def _what(self) -> str:
+        return "its input bytes or label" if self.target_kind == "class" else "its input bytes"
 
-    def _read(self, indices: Sequence[int]) -> Batch:
-        idx = np.fromiter((self._check(i) for i in indices), dtype=np.int64, count=len(indices))
-        n = len(idx)
+    # -- the small-record path: one vectorized gather per batch from a ShardMap
+
+    def _shardmap(self) -> ShardMap | None:
+        if self._map is None and not self._map_tried:
+            self._map_tried = True
+            m = ShardMap.create([s.bytes for s in self.index.shards]) if self._small else None
+            if m is not None:
+                ix = self.index
+                self._gx = m.slots[ix.shard] + ix.x_off
+                self._wx = as_strided(m.region, (len(m.region) - self._x_len + 1, self._x_len), (1, 1), writeable=False)
+                if self._y_len:
+                    self._gy = m.slots[ix.shard] + ix.y_off
+                    self._wy = as_strided(m.region, (len(m.region) - self._y_len + 1, self._y_len), (1, 1), writeable=False)
+                self._map = m
+        return self._map
+
+    def _gather(self, idx: np.ndarray, m: ShardMap) -> tuple[np.ndarray, np.ndarray | None]:
         ix = self.index
-        x = np.empty((n, *self.input_shape), dtype=np.uint8)
+        m.ensure(ix.shard[idx], self._open_checked)
+        x = self._wx[self._gx[idx]]
+        y = self._wy[self._gy[idx]] if self._y_len else None
+        if self._verify:
+            got, want = np.fromiter(map(_xxh3, x), np.uint64, len(idx)), ix.x_plain[idx]
+            if got.tobytes() != want.tobytes():
+                raise self._sample_error(int(idx[np.flatnonzero(got != want)[0]]), self._what())
+            if y is not None:
+                got, want = np.fromiter(map(_xxh3, y), np.uint64, len(idx)), ix.y_hash[idx]
+                if got.tobytes() != want.tobytes():
+                    raise self._sample_error(int(idx[np.flatnonzero(got != want)[0]]), "its target bytes")
+        x = x.reshape(len(idx), *self.input_shape)
+        if y is not None:
+            y = y.view(np.uint8 if self.target_kind == "mask" else np.dtype("<f4")).reshape(len(idx), *self.target_shape)
+        return x, y
+
+    # -- the large-record path: one preadv per sample, straight into the batch arrays
+
+    def _pread(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        ix = self.index
+        n = len(idx)
+        x = np.empty((n, *self.input_shape), np.uint8)
         y = None
         if self._y_len:
-            ydt = np.uint8 if self.target_kind == "mask" else np.dtype("<f4")
-            y = np.empty((n, *self.target_shape), dtype=ydt)
-        scratch = bytearray(self._gap)
+            y = np.empty((n, *self.target_shape), np.uint8 if self.target_kind == "mask" else np.dtype("<f4"))
+        gap = bytearray(self._gap)
+        want = self._x_len + (self._gap + self._y_len if y is not None else 0)
         order = np.lexsort((ix.x_off[idx], ix.shard[idx]))
         for k in order.tolist():
-            self._read_into(int(idx[k]), x[k], y[k] if y is not None else None, scratch)
+            i = int(idx[k])
+            s = int(ix.shard[i])
+            xk = x[k]
+            bufs = [memoryview(xk).cast("B")]
+            if y is not None:
+                bufs += [gap, memoryview(y[k]).cast("B")]
+            start = int(ix.x_off[i])
+            got = os.preadv(self._fd(s), bufs, start)
+            if got != want:
+                raise FormatError(f"{self.store.describe(self.shards[s])}: sample {i} cut short at byte {start + got} (truncated shard)")
+            if self._verify:
+                if (_xxh3(xk) ^ fmt.label_mix(int(ix.label[i]))) != int(ix.x_hash[i]):
+                    raise self._sample_error(i, self._what())
+                if y is not None and _xxh3(y[k]) != int(ix.y_hash[i]):
+                    raise self._sample_error(i, "its target bytes")
+        return x, y
+
+    def _read(self, indices: Sequence[int]) -> Batch:
+        idx = self._indices(indices)
+        m = self._shardmap() if self._small else None
+        x, y = self._gather(idx, m) if m is not None else self._pread(idx)
         act = resolve_act_mode(self.act_mode_8bit) if self.output == "float" else None
         if self.target_kind == "mask":
             return Batch(torch.from_numpy(x), torch.from_numpy(y), act, widen=True)
         if self.target_kind == "class":
-            return Batch(torch.from_numpy(x), torch.from_numpy(ix.label[idx]), act, widen=False)
+            return Batch(torch.from_numpy(x), torch.from_numpy(self.index.label[idx]), act, widen=False)
         assert y is not None
         return Batch(torch.from_numpy(x), torch.from_numpy(y.astype(np.float32, copy=False)), act, widen=False)
 

@@ -466,7 +466,7 @@ class StreamingShardDataset(IterableDataset):
         x_at = int(ix.x_off[i]) - base
         xb = memoryview(payload)[x_at : x_at + x_len]
         label = int(ix.label[i])
-        if self._verify and _xxh3(xb, label + 1) != int(ix.x_hash[i]):
+        if self._verify and (_xxh3(xb) ^ fmt.label_mix(label)) != int(ix.x_hash[i]):
             raise self._sample_error(i, "its input bytes" if self.target_kind != "class" else "its input bytes or label")
         x = np.frombuffer(payload, np.uint8, x_len, x_at).reshape(self.input_shape)
         if self.target_kind == "class":

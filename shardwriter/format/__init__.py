@@ -61,6 +61,7 @@ from .records import (
     decode_record,
     encode_record,
     input_hash,
+    label_mix,
     record_layout,
     target_hash,
 )
@@ -135,6 +136,7 @@ __all__ = [
     "index_size",
     "index_version",
     "input_hash",
+    "label_mix",
     "iter_tar_members",
     "manifest_from_json",
     "member_bytes",

@@ -6,9 +6,11 @@ bytes), ``ys``, ``yd`` and an optional ``src``. Every record of a dataset has th
 layout up to ``src`` (:func:`record_layout`), so its input and target bytes sit at fixed
 offsets inside the payload, and readers slice them out without decoding.
 
-Per-sample hashes (format 2): ``x_hash`` is XXH3-64 of the input bytes with seed
-``label + 1`` (so a class label is covered too; ``label`` is -1 for masks and
-regression), ``y_hash`` XXH3-64 of the target bytes (0 when the target has no bytes).
+Per-sample hashes (format 2): ``x_hash`` is XXH3-64 (seed 0) of the input bytes XOR
+``label_mix(label)``, so a class label is covered too (``label`` is -1 for masks and
+regression, whose mix is 0); ``y_hash`` is XXH3-64 of the target bytes (0 when the target
+has no bytes). The mix is one multiplication, so readers check a whole batch's labels
+with one vectorized operation (:func:`label_mix`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,21 @@ SAMPLE_HASH = "xxh3_64"
 _xxh3 = xxhash.xxh3_64_intdigest
 
 
+#: Odd 64-bit constant (the golden ratio) that spreads labels over all 64 bits.
+LABEL_MIX = 0x9E3779B97F4A7C15
+
+
+def label_mix(label: Any) -> Any:
+    """``(label + 1) * LABEL_MIX mod 2**64``: an int for an int, a uint64 array for an int64 array."""
+    if isinstance(label, np.ndarray):
+        with np.errstate(over="ignore"):
+            return (label.astype(np.int64) + 1).astype(np.uint64) * np.uint64(LABEL_MIX)
+    return ((int(label) + 1) * LABEL_MIX) & 0xFFFFFFFFFFFFFFFF
+
+
 def input_hash(data: Any, label: int) -> int:
     """``x_hash`` of input bytes ``data`` (any buffer) of a sample with ``label`` (-1: none)."""
-    return _xxh3(data, label + 1)
+    return _xxh3(data) ^ label_mix(label)
 
 
 def target_hash(data: Any) -> int:
