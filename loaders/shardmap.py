@@ -38,6 +38,9 @@ from typing import Any
 import numpy as np
 
 _PAGE = mmap.PAGESIZE
+#: Cached (remote) shards whose descriptors stay open while mapped, at most; an older one's file may
+#: then be evicted from the cache, which its mapping survives (POSIX keeps an unlinked file's pages).
+MAX_KEPT_FDS = 64
 _FLAGS = {
     "linux": {"MAP_SHARED": 0x01, "MAP_PRIVATE": 0x02, "MAP_FIXED": 0x10, "MAP_ANONYMOUS": 0x20, "MAP_NORESERVE": 0x4000},
     "darwin": {"MAP_SHARED": 0x01, "MAP_PRIVATE": 0x02, "MAP_FIXED": 0x10, "MAP_ANONYMOUS": 0x1000, "MAP_NORESERVE": 0x40},
@@ -107,8 +110,10 @@ class ShardMap:
                 except BaseException:
                     os.close(fd)
                     raise
-                if keep:
+                if keep:  # a remote shard's cached copy: its descriptor holds the cache's lock while it is mapped
                     self._fds[s] = fd
+                    while len(self._fds) > MAX_KEPT_FDS:  # bounded: past that, the mapping alone keeps the pages
+                        os.close(self._fds.pop(next(iter(self._fds))))
                 else:
                     os.close(fd)
                 self.mapped[s] = True

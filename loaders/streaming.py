@@ -66,8 +66,8 @@ def _open_path(path: str, size: int) -> IO[bytes]:
     return os.fdopen(open_regular(path, size, "shard"), "rb", buffering=1 << 20)
 
 
-def _open_store(store: Store, file: str, size: int, sha256: str) -> IO[bytes]:
-    return store.open_read(file, size=size, sha256=sha256)
+def _open_store(store: Store, shard: fmt.ShardEntry) -> IO[bytes]:
+    return store.open_read(shard.file, size=shard.bytes, sha256=shard.sha256, xxh3=shard.xxh3)
 
 
 def index_from_paths(paths: list[str]) -> tuple[SplitIndex, fmt.Schema]:
@@ -424,7 +424,7 @@ class StreamingShardDataset(IterableDataset):
         refs = []
         for s in self.index.shards:
             if self.store is not None:
-                opener = partial(_open_store, self.store, s.file, s.bytes, s.sha256)
+                opener = partial(_open_store, self.store, s)
                 name = self.store.describe(s.file)
             else:
                 opener, name = partial(_open_path, s.file, s.bytes), s.file

@@ -15,7 +15,7 @@ variable                        default              meaning
 ``AI8X_SHARDS_TIMEOUT``         30                   seconds: connect timeout and longest stall
 ``AI8X_SHARDS_BACKOFF``         0.5                  seconds before the first retry; doubles each time
 ``AI8X_SHARDS_BACKOFF_MAX``     20                   longest wait between retries, seconds
-``AI8X_SHARDS_READAHEAD``       8M                   bytes read ahead by a thread; 0: no thread
+``AI8X_SHARDS_READAHEAD``       16M                  bytes read ahead by a thread; 0: no thread
 ``AI8X_SHARDS_CACHE``           ~/.cache/ai8x-shards local cache of remote shards
 ``AI8X_SHARDS_CACHE_BYTES``     64G                  cache size cap (K, M, G, T suffixes)
 ``AI8X_SHARDS_ALLOW_PIPE``      0                    1: allow ``pipe:`` locations (run without a shell)
@@ -65,8 +65,8 @@ class Options:
     timeout: float = 30.0
     backoff: float = 0.5
     backoff_max: float = 20.0
-    readahead: int = 8 << 20
-    chunk: int = 1 << 20
+    readahead: int = 16 << 20
+    chunk: int = 4 << 20
     cache_dir: str = ""  # "" -> default_cache_dir()
     cache_bytes: int = 64 << 30
     allow_pipe: bool = False

@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import IO, Any
 
 import numpy as np
+import xxhash
 
 from . import format as fmt
 from .errors import FormatError, SettingsError, StorageError
@@ -36,11 +37,12 @@ class _Hashing:
     """A read-only file wrapper that hashes and counts every byte read through it."""
 
     def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+        self.f, self.sha, self.xxh, self.n = f, hashlib.sha256(), xxhash.xxh3_128(), 0
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
         self.sha.update(data)
+        self.xxh.update(data)
         self.n += len(data)
         return data
 
@@ -99,6 +101,8 @@ def _scan(store: Store, m: fmt.Manifest, shard: fmt.ShardEntry) -> tuple[np.ndar
                      f"the manifest says {shard.bytes} (truncated or altered)")
     if h.sha.hexdigest() != shard.sha256:
         first.append(f"{name}: sha256 mismatch (shard altered or corrupt)")
+    elif shard.xxh3 is not None and h.xxh.hexdigest() != shard.xxh3:
+        first.append(f"{name}: XXH3-128 mismatch with a matching sha256 (the manifest's xxh3 field was altered)")
     if len(problems) > MAX_SAMPLE_PROBLEMS:
         problems = problems[:MAX_SAMPLE_PROBLEMS] + [f"{name}: ... and {len(problems) - MAX_SAMPLE_PROBLEMS} more problems in this shard"]
     return rows, first + problems

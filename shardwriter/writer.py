@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 
 from . import format as fmt
 
@@ -32,9 +33,11 @@ class ShardInfo:
     bytes: int
     sha256: str
     index: dict[str, Any]
+    xxh3: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "count": self.count, "bytes": self.bytes, "sha256": self.sha256, "index": self.index}
+        return {"file": self.file, "count": self.count, "bytes": self.bytes, "sha256": self.sha256, "index": self.index,
+                "xxh3": self.xxh3}
 
 
 def fsync_dir(path: Path) -> None:
@@ -69,6 +72,7 @@ class _OpenShard:
     tmp: Path
     file: Any
     sha: Any = field(default_factory=hashlib.sha256)
+    xxh: Any = field(default_factory=xxhash.xxh3_128)
     pos: int = 0
     rows: list[tuple[int, ...]] = field(default_factory=list)
 
@@ -160,6 +164,7 @@ class ShardWriter:
     def _append(cur: _OpenShard, data: bytes) -> None:
         cur.file.write(data)
         cur.sha.update(data)
+        cur.xxh.update(data)
         cur.pos += len(data)
 
     def _finish(self) -> None:
@@ -179,6 +184,7 @@ class ShardWriter:
             count=len(cur.rows),
             bytes=cur.pos,
             sha256=cur.sha.hexdigest(),
+            xxh3=cur.xxh.hexdigest(),
             index={
                 "file": index_path.name,
                 "bytes": len(index_bytes),

@@ -352,7 +352,7 @@ def test_object_replaced_while_streaming_is_an_error_not_a_splice(data, http, en
     shutil.copytree(ds, work, dirs_exist_ok=True)
     env.setenv("AI8X_SHARDS_READAHEAD", "0")
     with FaultProxy(http.port, plan=[Fault("reset", after=20000)]) as p:
-        f = open_store(p.url + "/replaced").open_read(name)
+        f = open_store(p.url + "/replaced").stream(name)  # the raw stream: no buffer reads ahead of the test
         assert f.read(1000) == (ds / name).read_bytes()[:1000]
         blob = bytearray((work / name).read_bytes())
         blob[-2000] ^= 0xFF
@@ -368,7 +368,7 @@ def test_seek_and_tell_on_a_remote_stream(data, proxy, env):
     env.setenv("AI8X_SHARDS_READAHEAD", "0")
     name = shard_names(ds)[1]
     want = (ds / name).read_bytes()
-    with open_store(proxy.url + "/ds").open_read(name) as f:
+    with open_store(proxy.url + "/ds").stream(name) as f:
         assert f.seekable() and f.read(100) == want[:100] and f.tell() == 100
         f.seek(50)  # inside the buffer: no request
         assert f.read(10) == want[50:60]
@@ -378,7 +378,7 @@ def test_seek_and_tell_on_a_remote_stream(data, proxy, env):
         assert f.read() == want[-10:]
     env.setenv("AI8X_SHARDS_READAHEAD", "4096")  # a far seek opens a new ranged GET
     proxy.clear_log()
-    with open_store(proxy.url + "/ds", Options.from_env(chunk=4096)).open_read(name) as f:
+    with open_store(proxy.url + "/ds", Options.from_env(chunk=4096)).stream(name) as f:  # the raw stream, unbuffered
         f.read(10)
         f.seek(40000)
         assert f.read(5000) == want[40000:45000] and f.tell() == 45000

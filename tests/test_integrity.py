@@ -396,7 +396,7 @@ def _streaming_reader(url: str, box: dict) -> threading.Thread:
     return t
 
 
-@pytest.mark.parametrize("where", ["sample", "padding"])
+@pytest.mark.parametrize("where", ["sample", "padding", "padding, sha256 only"])
 def test_http_bytes_that_change_between_requests_without_etag(base, tmp_path, monkeypatch, where):
     """The server sends no ETag or Last-Modified; the shard changes (same size) while the reader retries."""
     for k in ("AI8X_SHARDS_BACKOFF", "AI8X_SHARDS_BACKOFF_MAX"):
@@ -406,6 +406,11 @@ def test_http_bytes_that_change_between_requests_without_etag(base, tmp_path, mo
     (tmp_path / "www").mkdir()
     d = tmp_path / "www" / "ds"
     shutil.copytree(base[0], d)
+    if where.endswith("sha256 only"):  # a manifest without the XXH3-128 digests: the sha256 is checked instead
+        m = json.loads((d / fmt.MANIFEST_NAME).read_text())
+        for s in m["splits"]["train"]["shards"]:
+            s.pop("xxh3")
+        (d / fmt.MANIFEST_NAME).write_text(json.dumps(m))
     r = rows(d, "train-000000.tar")
     with RangeHTTPServer(tmp_path / "www", validators=False) as http, FaultProxy(http.port) as proxy:
         proxy.match = lambda method, path: path.endswith("train-000000.tar")
@@ -422,10 +427,11 @@ def test_http_bytes_that_change_between_requests_without_etag(base, tmp_path, mo
     assert not t.is_alive()
     err = box.get("error")
     assert isinstance(err, IntegrityError), box
-    if where == "sample":  # the sample's own check, or the whole-shard sha256 if the last bytes arrive first
-        assert "train-000000.tar: sample 12: its input bytes or label differ" in str(err) or "sha256" in str(err)
-    else:  # no sample's bytes changed: the whole-shard sha256 at the shard's end catches it
-        assert "train-000000.tar: sha256" in str(err) and "does not match the manifest" in str(err)
+    whole = "train-000000.tar: " + ("sha256" if where.endswith("sha256 only") else "XXH3-128")  # the whole-shard digest, checked before the shard's last bytes are handed over
+    if where == "sample":  # the sample's own check, or the whole-shard digest if the last bytes arrive first
+        assert "train-000000.tar: sample 12: its input bytes or label differ" in str(err) or whole in str(err)
+    else:  # no sample's bytes changed: the whole-shard digest catches it
+        assert whole in str(err) and "does not match the manifest" in str(err)
 
 
 # --------------------------------------------------------------------------- format 1 datasets

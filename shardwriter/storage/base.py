@@ -76,8 +76,8 @@ class Store(ABC):
         """The whole of small file ``name``: exactly ``size`` bytes when given (else at most ``limit``), sha256-checked."""
 
     @abstractmethod
-    def open_read(self, name: str, *, size: int | None = None, sha256: str | None = None) -> IO[bytes]:
-        """A binary stream over file ``name`` from its first byte."""
+    def open_read(self, name: str, *, size: int | None = None, sha256: str | None = None, xxh3: str | None = None) -> IO[bytes]:
+        """A binary stream over file ``name`` from its first byte (remote: whole-file digest checked, ``xxh3`` preferred)."""
 
     @abstractmethod
     def open_random(self, entry: fmt.FileEntry) -> int:

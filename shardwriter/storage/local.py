@@ -88,7 +88,7 @@ class LocalStore(Store):
         check_sha256(data, sha256, str(self.path(name)))
         return data
 
-    def open_read(self, name: str, *, size: int | None = None, sha256: str | None = None) -> IO[bytes]:
+    def open_read(self, name: str, *, size: int | None = None, sha256: str | None = None, xxh3: str | None = None) -> IO[bytes]:
         fd = open_regular(self.path(name), size, "shard")
         return os.fdopen(fd, "rb", buffering=1 << 20)
 
