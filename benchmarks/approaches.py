@@ -302,6 +302,45 @@ class OursStreamingUnchecked(OursStreaming):
                                      options=Options(verify_samples=False))
 
 
+def _test_servers() -> Any:
+    """The repository's loopback servers (``tests/servers.py``), or None outside a checkout."""
+    import sys
+
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    if not (tests / "servers.py").exists():
+        return None
+    if str(tests) not in sys.path:
+        sys.path.insert(0, str(tests))
+    import servers
+
+    return servers
+
+
+class OursStreamingHttp(OursStreaming):
+    """D over HTTP: the same shards served by nginx on 127.0.0.1, read through the URL."""
+
+    key, label, data_of = "D-http", "D. ours: streaming over HTTP (nginx on 127.0.0.1)", "C"
+
+    def unavailable(self) -> str | None:
+        srv = _test_servers()
+        if srv is None:
+            return "needs the repository's tests/servers.py (run ai8x-shards bench from a checkout)"
+        if not srv.nginx_available():
+            return "nginx is not installed (optional: apt-get install nginx-light)"
+        return super().unavailable()
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        import atexit
+
+        from loaders.streaming import StreamingShardDataset
+
+        os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
+        nginx = _test_servers().Nginx(out.parent, out.parent / f".nginx-{os.getpid()}").start()
+        atexit.register(nginx.stop)
+        return StreamingShardDataset(f"{nginx.url}/{out.name}", "train", shuffle=True, seed=0, shuffle_buffer=SHUFFLE_BUFFER,
+                                     batch_size=batch)
+
+
 # --------------------------------------------------------------------------- E (webdataset)
 
 
@@ -461,7 +500,9 @@ class BatchedCeiling(Approach):
         perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(epoch)).numpy()
         for a in range(0, len(perm), batch):
             x, y = ds.raw(perm[a : a + batch])
-            yield torch.from_numpy(normalize_np(x)), torch.from_numpy(y.astype(np.int64))
+            out = np.subtract(x, np.float32(128.0), dtype=np.float32)  # fresh arrays, as the ceiling is defined
+            np.multiply(out, np.float32(1.0 / 128.0), out=out)
+            yield torch.from_numpy(out), torch.from_numpy(y.astype(np.int64))
 
 
 class BatchedDataLoaderCeiling(Approach):
@@ -523,6 +564,7 @@ def registry() -> dict[str, Approach]:
         OursMapStyleUnchecked(),
         OursStreaming(),
         OursStreamingUnchecked(),
+        OursStreamingHttp(),
         StockWebDataset(),
         MosaicStreamingPeer(),
         LitDataPeer(),

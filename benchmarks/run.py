@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the multi-process columns (default 2)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, as the AISegment training script)")
     p.add_argument("--budget-gib", type=float, default=16.0, help="memory budget for 'samples that fit' (default 16 GiB)")
-    p.add_argument("--only", help="comma-separated approach keys (A,B,C,C-nocheck,D,D-nocheck,E,F-mds,F-litdata,G-raw,G-batched,G-batched-dl,G-bandwidth,G-memmap)")
+    p.add_argument("--only", help="comma-separated approach keys (A,B,C,C-nocheck,D,D-nocheck,D-http,E,F-mds,F-litdata,G-raw,G-batched,G-batched-dl,G-bandwidth,G-memmap)")
     p.add_argument("--out", type=Path, help="where RESULTS.md and results.png go (default benchmarks/; --quick: a temporary folder)")
     p.add_argument("--work", type=Path, help="scratch folder for the data (default: a new temporary folder, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (and results.json in it)")

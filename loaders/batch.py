@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate, get_worker_info
 
+from . import pool
 from .transforms import normalize
 
 __all__ = ["Batch", "collate", "for_transfer"]
@@ -25,8 +26,10 @@ __all__ = ["Batch", "collate", "for_transfer"]
 def _finish(raw: torch.Tensor, targets: torch.Tensor, act_mode_8bit: bool | None, widen: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 inputs and raw targets -> what the model gets (``act_mode_8bit=None``: keep uint8)."""
     inputs = raw if act_mode_8bit is None else normalize(raw, act_mode_8bit)
-    if widen:  # uint8 masks -> int64, in numpy (huge pages; see transforms.normalize_np)
-        targets = torch.from_numpy(targets.numpy().astype(np.int64))
+    if widen:  # uint8 masks -> int64, in numpy, into a recycled buffer when large (see transforms.normalize_np)
+        wide = pool.empty(tuple(targets.shape), np.int64)
+        np.copyto(wide, targets.numpy())
+        targets = torch.from_numpy(wide)
     return inputs, targets
 
 

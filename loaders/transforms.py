@@ -16,6 +16,8 @@ from PIL import Image
 
 from shardwriter.preprocess import fold, unfold
 
+from . import pool
+
 __all__ = ["fold", "unfold", "normalize", "normalize_np", "reference_normalize", "fold_torch", "unfold_torch", "prepare_image"]
 
 T = TypeVar("T", np.ndarray, torch.Tensor)
@@ -33,8 +35,10 @@ def normalize_np(x: np.ndarray, act_mode_8bit: bool = False) -> np.ndarray:
     if x.dtype != np.uint8:
         raise TypeError(f"normalize expects uint8, got {x.dtype}")
     # numpy rather than torch on the CPU: numpy asks for huge pages on large arrays, which
-    # made a 48x88x88 batch convert several times faster here (benchmarks/RESULTS.md).
-    out = np.subtract(x, np.float32(128.0), dtype=np.float32)
+    # made a 48x88x88 batch convert several times faster here (benchmarks/RESULTS.md); large
+    # outputs come from a pool of recycled buffers (no fresh pages to zero-fill: loaders.pool).
+    out = pool.empty(x.shape, np.float32)
+    np.subtract(x, np.float32(128.0), out=out, dtype=np.float32)
     if not act_mode_8bit:
         np.multiply(out, np.float32(1.0 / 128.0), out=out)  # a power of two: exact, as the reference's /128
     return out
