@@ -32,6 +32,7 @@ from shardwriter.options import Options
 from shardwriter.storage import Store, open_store
 
 from . import plan, ranks
+from .augment import Augmentation, Augmenter, Spec
 from .batch import Batch, for_transfer
 from .epochs import EpochClock, Resume
 from .index import SplitIndex, integrity_error, warn_unhashed
@@ -156,7 +157,13 @@ class StreamingShardDataset(IterableDataset):
         loader_batch_size: with per-sample items and ``DataLoader(batch_size=B,
             num_workers>1)``, pass ``B`` so that each worker produces whole DataLoader
             batches in rank-sequence order (see the resume contract).
-
+        augment: on-the-fly augmentation of the uint8 pixels before normalization, image
+            and mask together (a per-sample callable ``fn(image, mask, rng)`` given the
+            unfolded ``H x W x C`` image, the built-ins of :mod:`loaders.augment`, an
+            albumentations pipeline, a torchvision v2 transform, or a list of them). Its
+            randomness is keyed by ``(seed, epoch of the pass, position in the split)``:
+            the same for any worker count, batch size or order. With ``shards=`` the fold
+            ratio is read off the mask's size (segmentation), else taken as 1.
         options: :class:`~shardwriter.options.Options` (storage, retries, per-sample
             checks); default: read from the ``AI8X_SHARDS_*`` environment now.
 
@@ -201,6 +208,7 @@ class StreamingShardDataset(IterableDataset):
         world_size: int | None = None,
         shards: str | list[str | os.PathLike[str]] | None = None,
         loader_batch_size: int | None = None,
+        augment: Any = None,
         options: Options | None = None,
     ) -> None:
         super().__init__()
@@ -254,6 +262,17 @@ class StreamingShardDataset(IterableDataset):
         self._counts = np.array([s.count for s in self.index.shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]]).astype(np.int64) if len(self._counts) else self._counts
         self._verify = self.index.hashed and self.options.verify_samples
+        self.augment: Augmentation | None = None
+        self._augmenter: Augmenter | None = None
+        if augment is not None:
+            if self.manifest is not None:
+                fold = self.manifest.fold_ratio
+            elif self.target_kind == "mask" and len(self.input_shape) == 3:
+                fold = max(1, self._target_shape[0] // self.input_shape[1])
+            else:
+                fold = 1
+            self._augmenter = Augmenter(augment, Spec(tuple(self.input_shape), fold, self.target_kind), seed)
+            self.augment = self._augmenter.augmentation
         if not self.index.hashed:
             warn_unhashed(where)
 
@@ -398,10 +417,12 @@ class StreamingShardDataset(IterableDataset):
                              chunk=self.batch_size or self.loader_batch_size or 1, batch_size=self.batch_size,
                              start=how.start, skip=how.skip)
         order = np.argsort(p.inputs, kind="stable")
-        rows = (self._starts[p.shards] + p.withins)[order]
+        out_rows = self._starts[p.shards] + p.withins  # each output's sample: its position in the split
         reader = read_records(self._refs(), self._offsets, p.shards[order], p.withins[order])
         self._live = live = _Pass(how.epoch, how.start, how.skip, worker, max(workers, 1))
-        return live.count(self._emit(p.outputs, p.inputs, p.inputs[order], rows, reader, act), p.outputs, self.batch_size)
+        aug = None if self._augmenter is None else partial(self._augmenter, epochs=how.epoch)
+        items = self._emit(p.outputs, p.inputs, p.inputs[order], out_rows[order], reader, act, out_rows, aug)
+        return live.count(items, p.outputs, self.batch_size)
 
     def _refs(self) -> list[ShardRef]:
         refs = []
@@ -419,7 +440,7 @@ class StreamingShardDataset(IterableDataset):
         return self.index.offset[a:b], self.index.size[a:b]
 
     def _emit(self, outputs: np.ndarray, inputs: np.ndarray, read_order: np.ndarray, read_rows: np.ndarray,
-              reader: Iterator[bytes], act: bool) -> Iterator[Any]:
+              reader: Iterator[bytes], act: bool, out_rows: np.ndarray | None = None, aug: Any = None) -> Iterator[Any]:
         """Yield this worker's samples (or batches) in output order from the forward reader."""
         held: dict[int, tuple[bytes, int]] = {}  # read but not yet yielded: raw payloads only
         arrivals = iter(zip(read_order.tolist(), read_rows.tolist()))
@@ -431,11 +452,16 @@ class StreamingShardDataset(IterableDataset):
             return self._decode(*held.pop(j))
 
         if self.batch_size is None:
-            for j in inputs.tolist():
-                yield self._sample(take(j), act)
+            if aug is None:
+                for j in inputs.tolist():
+                    yield self._sample(take(j), act)
+            else:
+                assert out_rows is not None
+                for j, row in zip(inputs.tolist(), out_rows.tolist()):
+                    yield self._sample(take(j), act, aug, row)
         else:
             for a, b in plan.batch_bounds(outputs, self.batch_size):  # the worker's chunks, cut into batches
-                yield self._batch([take(j) for j in inputs[a:b].tolist()], act)
+                yield self._batch([take(j) for j in inputs[a:b].tolist()], act, aug, None if out_rows is None else out_rows[a:b])
         next(reader, None)  # let the reader finish its last shard's checks (end-of-archive marker)
 
     def _decode(self, payload: bytes, i: int) -> tuple[np.ndarray, Any]:
@@ -463,15 +489,19 @@ class StreamingShardDataset(IterableDataset):
         where = self.store.location if self.store is not None else shard.file
         return integrity_error(where, Path(shard.file).name, self.index.describe(i), what)
 
-    def _sample(self, rec: tuple[np.ndarray, Any], act: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, rec: tuple[np.ndarray, Any], act: bool, aug: Any = None, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = rec
+        if aug is not None:  # augmented as a batch of one, uint8, before normalization
+            mask = self.target_kind == "mask"
+            xs, ms = aug(np.array(x)[None], np.array(y)[None] if mask else None, indices=np.array([row]))
+            x, y = xs[0], (ms[0] if mask else y)
         x = torch.from_numpy(np.array(x)) if self.output == "uint8" else torch.from_numpy(normalize_np(x, act))
         if self.target_kind == "class":
             return x, torch.tensor(y, dtype=torch.int64)
         dtype = np.int64 if self.target_kind == "mask" else np.float32
         return x, torch.from_numpy(np.array(y, dtype=dtype))
 
-    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool) -> Any:
+    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool, aug: Any = None, rows: np.ndarray | None = None) -> Any:
         """One batch, normalized once; from a DataLoader worker it travels as uint8 (:mod:`loaders.batch`)."""
         xb = np.empty((len(recs), *self.input_shape), dtype=np.uint8)
         if self.target_kind == "class":
@@ -483,6 +513,9 @@ class StreamingShardDataset(IterableDataset):
             for t, (x, y) in enumerate(recs):
                 xb[t] = x
                 yb[t] = y
+        if aug is not None:  # uint8, checked, before normalization
+            xb, masks = aug(xb, yb if self.target_kind == "mask" else None, indices=rows)
+            yb = masks if masks is not None else yb
         batch = Batch(torch.from_numpy(xb), torch.from_numpy(yb), None if self.output == "uint8" else act, self.target_kind == "mask")
         return for_transfer(batch)
 
