@@ -54,7 +54,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from shardwriter.errors import SettingsError
 
@@ -290,7 +290,8 @@ def _translate(x: np.ndarray, r: int, ty: np.ndarray, tx: np.ndarray, fill: int)
     pad = int(max(np.abs(ty).max(initial=0), np.abs(tx).max(initial=0))) // r + 1
     padded = np.full((n, k, h + 2 * pad, w + 2 * pad), fill, np.uint8)
     padded[:, :, pad : pad + h, pad : pad + w] = x
-    windows = sliding_window_view(padded, (h, w), axis=(2, 3))
+    s0, s1, s2, s3 = padded.strides
+    windows = as_strided(padded, (n, k, 2 * pad + 1, 2 * pad + 1, h, w), (s0, s1, s2, s3, s2, s3), writeable=False)
     phase = np.arange(r)
     qy, py = np.divmod(phase[None, :] - ty[:, None], r)
     qx, px = np.divmod(phase[None, :] - tx[:, None], r)
@@ -302,15 +303,15 @@ def _translate(x: np.ndarray, r: int, ty: np.ndarray, tx: np.ndarray, fill: int)
 
 def _flip_packed(x: np.ndarray, r: int, which: np.ndarray) -> None:
     """Mirror the samples ``which`` left-right, in place, on packed ``(N, C*r*r, h, w)`` (or ``(N, C, L)``)."""
-    if not which.any():
-        return
     if x.ndim == 3:
-        x[which] = x[which][..., ::-1]
+        for n in np.flatnonzero(which).tolist():
+            x[n] = x[n, :, ::-1]
         return
     k = x.shape[1]
     c = k // (r * r)
     blocks = np.arange(k).reshape(r, r, c)[:, ::-1, :].reshape(k)  # column phase j <- r - 1 - j
-    x[which] = x[which][:, blocks, :, ::-1]
+    for n in np.flatnonzero(which).tolist():  # one gather and one reversed copy per flipped sample
+        x[n] = x[n, blocks][..., ::-1]
 
 
 def _as_4d(x: np.ndarray) -> np.ndarray:
@@ -328,8 +329,10 @@ class HorizontalFlip(Augmentation):
         which = rand.bernoulli(self.p)
         x = pixels.packed
         _flip_packed(x, pixels.spec.fold, which)
-        if pixels.masks is not None and which.any():
-            pixels.masks[which] = pixels.masks[which][..., ::-1]
+        if pixels.masks is not None:
+            m = pixels.masks
+            for n in np.flatnonzero(which).tolist():
+                m[n] = m[n, :, ::-1]  # numpy copies an overlapping source first
 
 
 class RandomShift(Augmentation):

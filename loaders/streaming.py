@@ -94,10 +94,10 @@ class StreamingShardDataset(IterableDataset):
     passes reaches the live workers), under fork and spawn, and give the same orders in
     all three. The count is kept per loader kind, in shared memory, so every worker of a
     pass, the main process (:attr:`epoch`) and every rank running the same loop agree,
-    with no communication: peeking with ``next(iter(dataset))`` in the main process
-    counts as a pass of its own. Change ``num_workers`` between passes only after a
-    ``set_epoch`` (passes of another worker count are counted, but a pass still running
-    in another loader is not).
+    with no communication: a pass of a loader with another ``num_workers``, or a peek
+    with ``next(iter(dataset))`` in the main process, counts as a pass too. Only two
+    loaders iterating one dataset object at the same time are not told apart (each
+    DataLoader begins a pass in all its workers before the next pass begins).
 
     Remainder policy: every rank yields exactly ``len(dataset)`` items per epoch.
     ``drop_last=False`` (default): each rank gets ``ceil(N / world_size)`` samples, the

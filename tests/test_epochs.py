@@ -66,6 +66,14 @@ def test_without_set_epoch_each_new_pass_advances_and_set_epoch_wins(data):
         assert flat(batches(loader)) == reference(data, 7)
 
 
+def test_passes_of_loaders_with_other_worker_counts_count_too(data):
+    ds = dataset(data)
+    two = DataLoader(ds, batch_size=None, num_workers=2)
+    three = DataLoader(ds, batch_size=None, num_workers=3, persistent_workers=True)
+    got = [flat(batches(two)), flat(batches(ds)), flat(batches(three)), flat(batches(two)), flat(batches(three))]
+    assert got == [reference(data, e) for e in range(5)]
+
+
 def test_persistent_spawned_workers_follow_set_epoch(data):
     want = [reference(data, e) for e in (4, 9)]
     ds = dataset(data)
