@@ -142,7 +142,7 @@ def cmd_install_ai8x(a: argparse.Namespace) -> int:
 
 
 def _install_ai8x(a: argparse.Namespace) -> int:
-    from loaders.install import entry_from_folder, install, uninstall
+    from loaders.install import check_augment_spec, entry_from_folder, install, uninstall
 
     if a.uninstall:
         print(f"removed {a.checkout}/datasets/ai8x_shards.py" if uninstall(a.checkout) else "nothing to remove")
@@ -154,7 +154,17 @@ def _install_ai8x(a: argparse.Namespace) -> int:
             raise SettingsError(f"--add {spec!r}: expected NAME=DIR (DIR absolute, or relative to train.py's --data)")
         location = folder if "://" in folder or Path(folder).is_absolute() else str(Path(a.data or ".") / folder)
         added.append(entry_from_folder(name, location, folder))
-    path = install(a.checkout, added)
+    augment: dict[str, str | None] = {}
+    for spec in a.augment:
+        target, sep, what = spec.rpartition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
+        if sep and not target:
+            raise SettingsError(f"--augment {spec!r}: expected [NAME=]module:name")
+        names = [target] if target else [e["name"] for e in added]
+        if not names:
+            raise SettingsError(f"--augment {spec!r}: without NAME= it applies to this command's --add entries, and there are none")
+        for name in names:
+            augment[name] = None if what.lower() == "none" else check_augment_spec(what)
+    path = install(a.checkout, added, augment)
     print(f"installed {path}")
     return 0
 
@@ -203,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkout", help="ai8x-training folder (holds train.py and datasets/)")
     p.add_argument("--add", action="append", default=[], metavar="NAME=DIR",
                    help="also expose the shard dataset DIR as entry NAME (DIR absolute or relative to --data)")
+    p.add_argument("--augment", action="append", default=[], metavar="[NAME=]MODULE:NAME",
+                   help="augment an entry's train split on the fly with MODULE:NAME (importable from train.py's folder; "
+                        "see loaders.augment); without NAME=, the entries of this command's --add; NAME=none removes it")
     p.add_argument("--data", help="with a relative --add DIR: the --data folder you will give train.py")
     p.add_argument("--uninstall", action="store_true", help="remove the module")
     p.set_defaults(func=cmd_install_ai8x)

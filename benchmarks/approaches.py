@@ -10,6 +10,8 @@ D. ours, streaming: :class:`loaders.streaming.StreamingShardDataset` (batched in
    dataset, ``DataLoader(batch_size=None)``), on the same shards as C.
    ``C-nocheck`` / ``D-nocheck``: the same with the per-sample checksum check off
    (``Options(verify_samples=False)``), so the check's cost is measured side by side.
+   ``C-aug`` / ``D-aug``: the same with an on-the-fly flip + crop augmentation
+   (:func:`bench_augment`), so its cost is measured side by side.
 E. stock webdataset 1.0 reading the same shards: shard shuffle, a 1000-sample shuffle
    buffer of raw samples, msgpack decode and the same normalization per sample.
 F. the peers (MosaicML Streaming, LitData): see :mod:`benchmarks.peers`.
@@ -46,10 +48,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
+from loaders.augment import Augmentation, HorizontalFlip, RandomCrop
 from loaders.transforms import normalize_np
 from shardwriter.sources.base import OutputSpec, Sample, Source
 
-from .cases import Case
+from .cases import SIG_ROW, Case
 
 #: Samples per shard (or chunk) = ceil(n / SHARDS), the same for every format, so that two
 #: DataLoader workers each get several shards to stream.
@@ -341,6 +344,58 @@ class OursStreamingHttp(OursStreaming):
                                      batch_size=batch)
 
 
+class _CheckBytes(Augmentation):
+    """Bench only: save (``restore=False``) and put back (``True``) the bytes the check identifies a sample by."""
+
+    def __init__(self, restore: bool) -> None:
+        self.restore = restore
+
+    def apply(self, pixels: Any, rand: Any) -> None:
+        x = pixels.packed
+        head = (slice(None),) + (0,) * (x.ndim - 2) + (slice(0, 3),)  # the first three bytes of each sample
+        if not self.restore:
+            pixels.saved = (x[head].copy(), None if pixels.masks is None else pixels.masks[:, SIG_ROW].copy())
+            return
+        tag, row = pixels.saved
+        x[head] = tag
+        if row is not None:
+            pixels.masks[:, SIG_ROW] = row
+
+
+def bench_augment() -> list[Any]:
+    """The augmentation C-aug and D-aug measure: ``HorizontalFlip(0.5)`` and ``RandomCrop(padding=4)``
+    (CIFAR's and FashionMNIST's training transform in ai8x-training), on image and mask.
+
+    Around it, :class:`_CheckBytes` puts back the bytes :class:`benchmarks.measure.Checker`
+    identifies a sample by (the input's first three, the mask's signature row), so every
+    batch is still checked; that moves a few hundred bytes per sample.
+    """
+    return [_CheckBytes(False), HorizontalFlip(0.5), RandomCrop(4), _CheckBytes(True)]
+
+
+class OursMapStyleAugmented(OursMapStyle):
+    """C with a flip + crop augmentation of every training sample (:func:`bench_augment`)."""
+
+    key, label, data_of = "C-aug", "C. ours: map-style, flip+crop augmentation", "C"
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        from loaders import ShardDataset
+
+        return ShardDataset(out, "train", augment=bench_augment())
+
+
+class OursStreamingAugmented(OursStreaming):
+    """D with a flip + crop augmentation of every sample (:func:`bench_augment`)."""
+
+    key, label, data_of = "D-aug", "D. ours: streaming, flip+crop augmentation", "C"
+
+    def open(self, case: Case, out: Path, batch: int) -> Any:
+        from loaders.streaming import StreamingShardDataset
+
+        return StreamingShardDataset(out, "train", shuffle=True, seed=0, shuffle_buffer=SHUFFLE_BUFFER, batch_size=batch,
+                                     augment=bench_augment())
+
+
 # --------------------------------------------------------------------------- E (webdataset)
 
 
@@ -564,6 +619,8 @@ def registry() -> dict[str, Approach]:
         OursMapStyleUnchecked(),
         OursStreaming(),
         OursStreamingUnchecked(),
+        OursMapStyleAugmented(),
+        OursStreamingAugmented(),
         OursStreamingHttp(),
         StockWebDataset(),
         MosaicStreamingPeer(),

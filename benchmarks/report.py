@@ -28,7 +28,7 @@ OURS = ("C", "D")
 #: the ceilings: the best readers that could exist for the same output (not competitors)
 CEILINGS = ("G-raw", "G-batched", "G-batched-dl", "G-bandwidth")
 #: rows that read C's shards with a setting changed: shown in their own table, not the headline
-VARIANTS = ("C-nocheck", "D-nocheck", "D-http", "G-batched-dl", "G-bandwidth")
+VARIANTS = ("C-nocheck", "D-nocheck", "C-aug", "D-aug", "D-http", "G-batched-dl", "G-bandwidth")
 PEERS = ("E", "F-mds", "F-litdata")
 
 
@@ -338,6 +338,25 @@ def check_cost(summary: dict[str, Any], workers: int) -> str:
             for name, label in (("w0-warm", "1 process, warm"), ("wN-warm", f"{workers} workers, warm")):
                 a, b = on.get("rates", {}).get(name), off.get("rates", {}).get(name)
                 cost = f"{(1 - a / b) * 100:+.1f} %" if a and b else "–"
+                lines.append(f"| {case} | {key} | {label} | {_n(a)} | {_n(b)} | {cost} |")
+    return "\n".join(lines)
+
+
+def augment_cost(summary: dict[str, Any], workers: int) -> str:
+    """What a flip + crop augmentation costs C and D: samples/s without and with it, side by side."""
+    lines = [
+        "| case | reader | setting | plain (samples/s) | flip+crop (samples/s) | cost |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for case, entry in summary.items():
+        rows = entry["rows"]
+        for key in OURS:
+            plain, aug = rows.get(key, {}), rows.get(f"{key}-aug", {})
+            if aug.get("skip") or not aug:
+                continue
+            for name, label in (("w0-warm", "1 process, warm"), ("wN-warm", f"{workers} workers, warm")):
+                a, b = plain.get("rates", {}).get(name), aug.get("rates", {}).get(name)
+                cost = f"{(1 - b / a) * 100:+.1f} %" if a and b else "–"
                 lines.append(f"| {case} | {key} | {label} | {_n(a)} | {_n(b)} | {cost} |")
     return "\n".join(lines)
 

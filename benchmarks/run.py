@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the multi-process columns (default 2)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, as the AISegment training script)")
     p.add_argument("--budget-gib", type=float, default=16.0, help="memory budget for 'samples that fit' (default 16 GiB)")
-    p.add_argument("--only", help="comma-separated approach keys (A,B,C,C-nocheck,D,D-nocheck,D-http,E,F-mds,F-litdata,G-raw,G-batched,G-batched-dl,G-bandwidth,G-memmap)")
+    p.add_argument("--only", help="comma-separated approach keys (A,B,C,C-nocheck,C-aug,D,D-nocheck,D-aug,D-http,E,F-mds,F-litdata,"
+                                  "G-raw,G-batched,G-batched-dl,G-bandwidth,G-memmap)")
     p.add_argument("--out", type=Path, help="where RESULTS.md and results.png go (default benchmarks/; --quick: a temporary folder)")
     p.add_argument("--work", type=Path, help="scratch folder for the data (default: a new temporary folder, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (and results.json in it)")
@@ -301,6 +302,12 @@ def render(summary: dict[str, Any], floors: list[dict[str, Any]], meta: dict[str
               "(format 2). The same readers with the check off (`Options(verify_samples=False)`) ran in the same run, "
               "interleaved; cost = 1 − on/off (noise on a shared machine is a few per cent either way).", "",
               report.check_cost(summary, meta["workers"]), ""]
+    if any(k.endswith("-aug") for entry in summary.values() for k in entry["rows"]):
+        lines += ["## What augmentation costs", "",
+                  "C-aug and D-aug are C and D with an on-the-fly `HorizontalFlip(0.5)` + `RandomCrop(padding=4)` "
+                  "(`loaders.augment`, on image and mask, in the folded layout, before normalization), in the same run, "
+                  "interleaved; cost = 1 − augmented/plain.", "",
+                  report.augment_cost(summary, meta["workers"]), ""]
     if not meta["quick"]:
         lines += [report.PROFILES, ""]
     for entry in summary.values():

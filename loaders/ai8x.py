@@ -33,18 +33,21 @@ def join_location(data_dir: str, sub: str) -> str:
     return os.path.join(data_dir, sub)
 
 
-def make_loader(sub: str) -> Loader:
+def make_loader(sub: str, augment: Any = None) -> Loader:
     """A train.py loader ``f((data_dir, args), load_train=True, load_test=True)`` for ``data_dir/sub``.
 
     Honours ``args.act_mode_8bit`` (read at call time) and ``args.truncate_testset``;
     returns ``None`` for a split not asked for. When the dataset has a ``val`` split, the
     train dataset carries it as ``valid_indices`` and train.py validates on it.
+    ``augment`` (anything :mod:`loaders.augment` accepts, e.g. ``"module:name"``, imported
+    when the loader is called, from train.py's folder) augments the train split on the fly;
+    the test split and the held-out ``valid_indices`` are served as packed.
     """
 
     def loader(data: tuple[str, Any], load_train: bool = True, load_test: bool = True) -> tuple[Dataset | None, Dataset | None]:
         data_dir, args = data
         location = join_location(str(data_dir), sub)
-        train = ShardDataset(location, "train", act_mode_8bit=args, use_val_split=True) if load_train else None
+        train = ShardDataset(location, "train", act_mode_8bit=args, use_val_split=True, augment=augment) if load_train else None
         test = None
         if load_test:
             test = ShardDataset(location, "test", act_mode_8bit=args, truncate=bool(getattr(args, "truncate_testset", False)))

@@ -52,7 +52,18 @@ class Batch(Sequence):
         """A batch whose tensors are already final (e.g. after a per-sample transform)."""
         batch = cls(inputs, targets, None, False)
         batch._done = (inputs, targets)
+        batch._final = True
         return batch
+
+    def raw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parts before they are finished: the uint8 inputs and the raw targets (uint8 masks)."""
+        if getattr(self, "_final", False):
+            raise ValueError("this batch was built finished: it has no raw parts")
+        return self._wire[0], self._wire[1]
+
+    def with_raw(self, raw: torch.Tensor, targets: torch.Tensor) -> Batch:
+        """The same batch with other uint8 inputs and raw targets (e.g. augmented), finished the same way."""
+        return Batch(raw, targets, self._wire[2], self._wire[3])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)``, stacked and final."""

@@ -4,7 +4,9 @@ The shim (``datasets/ai8x_shards.py``) holds its entries as literals and imports
 package only inside the loader functions, so it imports cleanly even where ai8x-shards
 is not installed (train.py imports every module in ``datasets/``; one failing import
 kills every run). Installing is idempotent; ``--add NAME=DIR`` entries are merged with
-those already installed; ``uninstall`` removes only a file this command wrote.
+those already installed; ``--augment [NAME=]module:name`` attaches an augmentation (see
+:mod:`loaders.augment`) to an entry's train split, imported only when train.py loads that
+entry; ``uninstall`` removes only a file this command wrote.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pprint
 from pathlib import Path
 from typing import Any
 
-from shardwriter.errors import InstallError
+from shardwriter.errors import InstallError, SettingsError
 
 SHIM_NAME = "ai8x_shards.py"
 MARKER = "# ai8x-shards shim v1"
@@ -35,7 +37,7 @@ of these datasets raises an error that says how to install it.
 ENTRIES = {entries}
 
 
-def _make_loader(sub):
+def _make_loader(sub, augment=None):
     def loader(data, load_train=True, load_test=True):
         try:
             from loaders.ai8x import make_loader
@@ -44,7 +46,7 @@ def _make_loader(sub):
                 "this dataset needs the ai8x-shards package in this environment: "
                 "pip install ai8x-shards (" + str(exc) + ")"
             ) from exc
-        return make_loader(sub)(data, load_train, load_test)
+        return make_loader(sub, augment)(data, load_train, load_test)
 
     loader.__name__ = "shards_" + sub.replace("/", "_") + "_get_datasets"
     return loader
@@ -62,7 +64,7 @@ def collate(batch):
 datasets = []
 for _entry in ENTRIES:
     _d = dict(_entry)
-    _d["loader"] = _make_loader(_d.pop("sub"))
+    _d["loader"] = _make_loader(_d.pop("sub"), _d.get("augment"))
     _d["collate"] = collate
     datasets.append(_d)
 '''
@@ -99,12 +101,35 @@ def entry_from_folder(name: str, location: str, sub: str) -> dict[str, Any]:
     return out
 
 
-def install(checkout: str | os.PathLike[str], add: list[dict[str, Any]] | None = None) -> Path:
-    """Write (or rewrite) the shim with the default entries, the installed ones and ``add``."""
+def check_augment_spec(spec: str) -> str:
+    """``module:name`` (checked for form only: the module lives beside train.py, not here)."""
+    module, sep, name = spec.partition(":")
+    idents = module.split(".") + name.split(".")
+    if not sep or not all(p.isidentifier() for p in idents):
+        raise SettingsError(f"--augment {spec!r}: expected [NAME=]module:name, e.g. my_augment:train_augment")
+    return spec
+
+
+def install(checkout: str | os.PathLike[str], add: list[dict[str, Any]] | None = None,
+            augment: dict[str, str | None] | None = None) -> Path:
+    """Write (or rewrite) the shim with the default entries, the installed ones and ``add``.
+
+    ``augment`` maps entry names to ``"module:name"`` (or ``None`` to remove an entry's
+    augmentation); every name must be an entry of the result.
+    """
     path = _shim_path(checkout)
     merged: dict[str, dict[str, Any]] = {}
     for e in DEFAULT_ENTRIES + installed_entries(checkout) + list(add or []):
+        if e["name"] in merged and "augment" in merged[e["name"]] and "augment" not in e:
+            e = {**e, "augment": merged[e["name"]]["augment"]}  # re-adding an entry keeps its augmentation
         merged[e["name"]] = e
+    for name, spec in (augment or {}).items():
+        if name not in merged:
+            raise SettingsError(f"--augment {name}=...: no entry {name!r} (entries: {', '.join(merged)})")
+        entry = {k: v for k, v in merged[name].items() if k != "augment"}
+        if spec is not None:
+            entry["augment"] = check_augment_spec(spec)
+        merged[name] = entry
     entries = pprint.pformat(list(merged.values()), width=100, sort_dicts=False)
     text = SHIM.format(marker=MARKER, entries=entries)
     if not path.exists() or path.read_text() != text:

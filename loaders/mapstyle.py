@@ -35,6 +35,7 @@ from shardwriter.errors import FormatError, SettingsError
 from shardwriter.options import Options
 from shardwriter.storage import Store, cache_for, open_store
 
+from .augment import Augmentation, Augmenter, SampleEpochs, Spec
 from .batch import Batch, collate
 from .index import SplitIndex, integrity_error, warn_unhashed
 from .shardmap import ShardMap
@@ -66,7 +67,16 @@ class ShardDataset(Dataset):
             ``floor(fraction * len)`` subset; train.py then validates on those.
         use_val_split: append the writer's ``val`` split after this split and set
             ``valid_indices`` to its positions.
-        transform: optional callable applied to each input tensor (augmentation).
+        augment: on-the-fly augmentation of the uint8 pixels before normalization, image
+            and mask together: a per-sample callable ``fn(image, mask, rng)`` given the
+            unfolded ``H x W x C`` image, the built-ins of :mod:`loaders.augment`, an
+            albumentations pipeline, a torchvision v2 transform, or a list of them (see
+            :mod:`loaders.augment`). Its randomness is keyed by ``(seed, epoch, index)``:
+            the ``k``-th read of a sample uses epoch ``k`` unless :meth:`set_epoch` fixes
+            one. Samples in ``valid_indices`` are served as packed, never augmented.
+        transform: optional callable applied to each input tensor *after* normalization
+            (one float32 tensor per sample; e.g. a model-specific tweak). It sees neither
+            the mask nor the unfolded image: use ``augment`` for augmentation.
         options: :class:`~shardwriter.options.Options` (storage, cache, per-sample
             checks); default: read from the ``AI8X_SHARDS_*`` environment now.
 
@@ -90,6 +100,7 @@ class ShardDataset(Dataset):
         use_val_split: bool = False,
         seed: int = 0,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        augment: Any = None,
         options: Options | None = None,
     ) -> None:
         if output not in ("float", "uint8"):
@@ -127,6 +138,17 @@ class ShardDataset(Dataset):
         elif valid_fraction is not None:
             perm = np.random.default_rng(seed).permutation(self._length)
             self.valid_indices = sorted(perm[: int(valid_fraction * self._length)].tolist())
+        self.augment: Augmentation | None = None
+        self._augmenter: Augmenter | None = None
+        if augment is not None:
+            self._augmenter = Augmenter(augment, Spec(tuple(self.input_shape), m.fold_ratio, self.target_kind), seed)
+            self.augment = self._augmenter.augmentation
+            self._epochs = SampleEpochs(len(ix))
+            self._augment_rows: np.ndarray | None = None
+            held = getattr(self, "valid_indices", None)
+            if held:
+                self._augment_rows = np.ones(len(ix), dtype=bool)
+                self._augment_rows[np.asarray(held, dtype=np.int64)] = False
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._pos = np.arange(len(ix), dtype=np.int64)  # position lookup: bounds-checks and resolves negative indices
         self._small = self._x_len + self._gap + self._y_len <= GATHER_MAX_BYTES
@@ -302,8 +324,40 @@ class ShardDataset(Dataset):
         assert y is not None
         return Batch(torch.from_numpy(x), torch.from_numpy(y.astype(np.float32, copy=False)), act, widen=False)
 
+    def set_epoch(self, epoch: int | None) -> None:
+        """Fix the epoch the augmentation draws for (every read of every sample), also in live workers.
+
+        Without it (train.py never calls it), the ``k``-th read of a sample augments with
+        epoch ``k``. ``None`` returns to that. Without ``augment`` there is nothing to draw.
+        """
+        if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0):
+            raise SettingsError(f"epoch must be a non-negative integer or None, not {epoch!r}")
+        if self._augmenter is not None:
+            self._epochs.set_epoch(epoch)
+
+    def _augmented(self, batch: Batch, indices: Sequence[int]) -> Batch:
+        """``batch`` (read and checked, uint8) with its training samples augmented; not yet normalized."""
+        assert self._augmenter is not None
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = np.where(idx < 0, idx + self._length, idx)  # already range-checked by _read
+        raw, targets = batch.raw()
+        x, y = raw.numpy(), targets.numpy()
+        masks = y if self.target_kind == "mask" else None
+        rows = self._augment_rows[idx] if self._augment_rows is not None else None
+        if rows is None or rows.all():
+            x, masks = self._augmenter(x, masks, self._epochs.take(idx), idx)
+        elif rows.any():
+            sub_x, sub_m = self._augmenter(x[rows], masks[rows] if masks is not None else None, self._epochs.take(idx[rows]), idx[rows])
+            x[rows] = sub_x
+            if masks is not None:
+                masks[rows] = sub_m
+        return batch.with_raw(torch.from_numpy(x), torch.from_numpy(masks) if masks is not None else targets)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = self._read([i]).tensors()
+        batch = self._read([i])
+        if self._augmenter is not None:
+            batch = self._augmented(batch, [i])
+        xs, ys = batch.tensors()
         x = xs[0]
         if self.transform is not None:
             x = self.transform(x)
@@ -312,6 +366,8 @@ class ShardDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         """Read a batch in one sorted pass; returns a :class:`Batch` (see :func:`collate`)."""
         batch = self._read(indices)
+        if self._augmenter is not None:
+            batch = self._augmented(batch, indices)
         if self.transform is not None:
             xs, ys = batch.tensors()
             return Batch.finished(torch.stack([self.transform(x) for x in xs]), ys)

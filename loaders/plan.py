@@ -22,7 +22,8 @@
    takes one item from each worker in turn, so items arrive in rank-sequence order
    whatever ``W`` is.
 
-:func:`worker_plan` puts them together. Nothing here reads a file or keeps state.
+:func:`worker_plan` puts them together; :func:`batch_bounds` cuts a worker's share into
+the items it yields. Nothing here reads a file or keeps state.
 """
 
 from __future__ import annotations
@@ -75,6 +76,25 @@ def worker_outputs(start: int, end: int, chunk: int, worker: int, workers: int) 
     return positions[((positions - start) // chunk) % workers == worker]
 
 
+def batch_bounds(outputs: np.ndarray, batch_size: int | None) -> list[tuple[int, int]]:
+    """Where a worker's items start and end in ``outputs``: one sample each, or batches.
+
+    With ``batch_size``, each run of consecutive positions (one of the worker's chunks,
+    or several adjacent ones when it is the only worker) is cut into batches of
+    ``batch_size``, the last of a run possibly short.
+    """
+    n = len(outputs)
+    if batch_size is None:
+        return [(k, k + 1) for k in range(n)]
+    if n == 0:
+        return []
+    cuts = (np.flatnonzero(np.diff(outputs) != 1) + 1).tolist()
+    bounds = []
+    for a, b in zip([0, *cuts], [*cuts, n]):
+        bounds += [(c, min(b, c + batch_size)) for c in range(a, b, batch_size)]
+    return bounds
+
+
 def locate(counts: np.ndarray, order: np.ndarray, rank: int, rank_samples: int, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(shard, sample within the shard) of rank positions ``inputs``, shards taken in ``order``."""
     n = int(counts.sum())
@@ -99,12 +119,19 @@ class WorkerPlan:
 
 
 def worker_plan(counts: np.ndarray, *, seed: int, epoch: int, rank: int, world: int, worker: int, workers: int,
-                shuffle: bool, buffer: int, drop_last: bool, chunk: int, batch_size: int | None, start: int = 0) -> WorkerPlan:
-    """The whole plan of one worker (see the module docstring); ``start`` = samples already delivered."""
+                shuffle: bool, buffer: int, drop_last: bool, chunk: int, batch_size: int | None, start: int = 0,
+                skip: int = 0) -> WorkerPlan:
+    """The whole plan of one worker (see the module docstring).
+
+    ``start``: samples of the rank sequence already delivered when the pass began (a
+    resume point; the chunks are cut from there). ``skip``: samples of *this worker's*
+    share already delivered (a per-worker resume point, as a stateful DataLoader keeps
+    it); the worker's plan continues after them.
+    """
     n = int(counts.sum())
     rank_samples = per_rank(n, world, drop_last)
     end = samples_out(rank_samples, batch_size, drop_last)
-    outputs = worker_outputs(min(start, end), end, chunk, worker, workers)
+    outputs = worker_outputs(min(start, end), end, chunk, worker, workers)[skip:]
     inputs = window_shuffle(rank_samples, seed, epoch, rank, buffer if shuffle else 0)[outputs]
     shards, withins = locate(counts, shard_order(len(counts), seed, epoch, shuffle), rank, rank_samples, inputs)
     return WorkerPlan(outputs, inputs, shards, withins)

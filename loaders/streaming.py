@@ -1,11 +1,12 @@
 """The streaming dataset: an ``IterableDataset`` over the shards of one split.
 
-This module owns the dataset object: its settings, epoch and resume state, rank
-detection, and turning records into tensors (one vectorized normalize per batch, the
-per-sample hash checks). The epoch plan is :mod:`loaders.plan` (pure functions), reading
-shards forward with their checks is :mod:`loaders.reader`, the index and its checks are
-:mod:`loaders.index`, opening files is :mod:`shardwriter.storage`, the normalize
-arithmetic is :mod:`loaders.transforms`.
+This module owns the dataset object: its settings, its resume state, and turning records
+into tensors (one vectorized normalize per batch, the per-sample hash checks). The epoch
+plan is :mod:`loaders.plan` (pure functions); which epoch a pass plays, across DataLoader
+workers, is :mod:`loaders.epochs`; rank detection is :mod:`loaders.ranks`; reading shards
+forward with their checks is :mod:`loaders.reader`; the index and its checks are
+:mod:`loaders.index` (:mod:`loaders.paths` for ``shards=`` without a manifest); opening
+files is :mod:`shardwriter.storage`; the normalize arithmetic is :mod:`loaders.transforms`.
 
 Each worker computes its plan with numpy when an iteration starts (a few tens of bytes
 per sample of its rank, briefly); the samples themselves are never all in memory, and a
@@ -22,19 +23,20 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import xxhash
-from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardwriter import format as fmt
-from shardwriter.errors import FormatError, SettingsError, StorageError
+from shardwriter.errors import FormatError, SettingsError
 from shardwriter.options import Options
-from shardwriter.storage import Store, open_regular, open_store
+from shardwriter.storage import Store, open_store
 
-from . import plan
+from . import plan, ranks
+from .augment import Augmentation, Augmenter, Spec
 from .batch import Batch, for_transfer
+from .epochs import EpochClock, Resume
 from .index import SplitIndex, integrity_error, warn_unhashed
+from .paths import expand, index_from_paths, open_path
 from .reader import ShardRef, read_records
 from .transforms import normalize, normalize_np, resolve_act_mode
 
@@ -62,72 +64,8 @@ def normalize_batch(
     return normalize(batch_inputs, resolve_act_mode(act_mode_8bit))
 
 
-def _open_path(path: str, size: int) -> IO[bytes]:
-    return os.fdopen(open_regular(path, size, "shard"), "rb", buffering=1 << 20)
-
-
 def _open_store(store: Store, shard: fmt.ShardEntry) -> IO[bytes]:
     return store.open_read(shard.file, size=shard.bytes, sha256=shard.sha256, xxh3=shard.xxh3)
-
-
-def index_from_paths(paths: list[str]) -> tuple[SplitIndex, fmt.Schema]:
-    """A :class:`SplitIndex` of explicit shard files (no manifest): each ``.idx`` beside its shard, or a scan.
-
-    Every index is checked against its shard's real size and the record layout of the
-    first record; keys cannot be checked against split positions (unknown here).
-    """
-    found: list[tuple[str, int, np.ndarray, int]] = []
-    wheres: list[str] = []
-    for p in paths:
-        fd = open_regular(p, None, "shard")
-        try:
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        idx = p[: -len(".tar")] + ".idx" if p.endswith(".tar") else p + ".idx"
-        if os.path.exists(idx):
-            try:
-                buf = Path(idx).read_bytes()
-            except OSError as exc:
-                raise StorageError(f"{idx}: cannot read ({exc.strerror or exc})") from None
-            found.append((p, size, fmt.decode_index(buf, idx), fmt.index_version(buf, idx)))
-            wheres.append(idx)
-        else:
-            with _open_path(p, size) as f:
-                found.append((p, size, fmt.build_index(f, p, size), 2))
-            wheres.append(p)
-    schema = _schema_of(found)
-    shards: list[fmt.ShardEntry] = []
-    parts, owner = [], []
-    hashed = all(v >= 2 for *_, v in found)
-    layout = fmt.record_layout(schema)
-    for (p, size, rows, _), where in zip(found, wheres):
-        fmt.check_rows(rows, where=where, count=len(rows), shard_bytes=size, layout=layout, schema=schema, hashed=hashed)
-        owner.append(np.full(len(rows), len(shards), np.int32))
-        parts.append(rows)
-        shards.append(fmt.ShardEntry(p, size, "", count=len(rows), split="", number=len(shards), first=-1))
-    rows = np.concatenate(parts) if parts else np.zeros(0, fmt.INDEX_DTYPE)
-    ix = SplitIndex(shards, np.concatenate(owner) if owner else np.zeros(0, np.int32), rows["offset"].astype(np.int64),
-                    rows["size"].astype(np.int64), rows["x_off"].astype(np.int64), rows["y_off"].astype(np.int64),
-                    rows["label"].astype(np.int64), rows["x_hash"].astype(np.uint64), rows["y_hash"].astype(np.uint64), hashed)
-    return ix, schema
-
-
-def _schema_of(found: list[tuple[str, int, np.ndarray, int]]) -> fmt.Schema:
-    """The schema the first record of the first non-empty shard shows (shapes and target kind)."""
-    for p, _, rows, _ in found:
-        if len(rows):
-            fd = open_regular(p, None, "shard")
-            try:
-                payload = os.pread(fd, int(rows["size"][0]), int(rows["offset"][0]))
-            finally:
-                os.close(fd)
-            rec = fmt.decode_record(payload, f"{p} sample 0")
-            kind = rec.target_kind
-            shape = None if kind == "class" else tuple(np.shape(rec.y))
-            classes = range(fmt.schema.MAX_CLASSES if kind == "class" else 256 if kind == "mask" else 1)
-            return fmt.Schema(tuple(rec.x.shape), fmt.Target(kind, shape), tuple(classes))
-    return fmt.Schema((1,), fmt.Target("class"), (0,))
 
 
 class StreamingShardDataset(IterableDataset):
@@ -143,9 +81,23 @@ class StreamingShardDataset(IterableDataset):
     it with ``DataLoader(dataset, batch_size=None)``.
 
     The epoch plan (shard order, rank ranges, window shuffle, worker chunks) is
-    described in the module docstring. Call :meth:`set_epoch` before every epoch, as
-    with ``DistributedSampler``: the order depends only on ``(seed, epoch)`` and the
-    rank, so an epoch that is not set repeats the previous epoch's order.
+    :mod:`loaders.plan`: the order of a pass depends only on ``(seed, epoch)``, the rank,
+    the world size and (for how items are dealt out, not the rank's sequence) the number
+    of DataLoader workers.
+
+    Epochs follow the user (:mod:`loaders.epochs`): each new pass over the dataset (each
+    ``iter(loader)``, or ``for x in dataset``) plays the next epoch: 0, 1, 2, ... without
+    any call. :meth:`set_epoch` wins: the next pass plays the epoch it sets, and passes
+    after it count on from there (so a loop that calls ``set_epoch(epoch)`` before every
+    epoch plays exactly those epochs). Both hold with ``num_workers=0``, with workers
+    started per epoch, and with ``persistent_workers=True`` (a ``set_epoch`` between two
+    passes reaches the live workers), under fork and spawn, and give the same orders in
+    all three. The count is kept per loader kind, in shared memory, so every worker of a
+    pass, the main process (:attr:`epoch`) and every rank running the same loop agree,
+    with no communication: a pass of a loader with another ``num_workers``, or a peek
+    with ``next(iter(dataset))`` in the main process, counts as a pass too. Only two
+    loaders iterating one dataset object at the same time are not told apart (each
+    DataLoader begins a pass in all its workers before the next pass begins).
 
     Remainder policy: every rank yields exactly ``len(dataset)`` items per epoch.
     ``drop_last=False`` (default): each rank gets ``ceil(N / world_size)`` samples, the
@@ -155,20 +107,27 @@ class StreamingShardDataset(IterableDataset):
     most ``world_size - 1`` samples are left out of that epoch; which ones changes
     with the shard order) and a short last batch is dropped.
 
-    Resume contract: ``dataset.state_dict(consumed)`` records the epoch and the number
-    of samples this rank has delivered in it, where ``consumed`` is the number of
-    samples your loop received since the pass began (count ``len(y)`` per batch).
-    ``dataset.load_state_dict(state)`` on a new dataset (same data, ``seed``,
-    ``shuffle``, ``shuffle_buffer``, ``drop_last`` and world size) makes the next pass
-    over that epoch yield exactly the rank's remaining samples, in the order the
-    uninterrupted epoch would have delivered them, with any ``num_workers``. This
-    holds when items reach your loop in rank-sequence order: with ``num_workers=0``;
-    with dataset batching (``batch_size=B``, ``DataLoader(batch_size=None)``); with
-    per-sample items and ``DataLoader(batch_size=None)``; or with
-    ``DataLoader(batch_size=B)`` when ``loader_batch_size=B`` is passed here. It needs
-    the DataLoader's default ``in_order=True``. :meth:`set_epoch` with another epoch
-    forgets the resume point; ``persistent_workers=True`` is not supported (workers
-    would keep the epoch and resume point they started with).
+    Resume, two ways; both give exactly the rank's remaining samples of the epoch, in
+    the order the uninterrupted epoch would have delivered them, on a new dataset with
+    the same data, ``seed``, ``shuffle``, ``shuffle_buffer``, ``drop_last`` and world size:
+
+    - **Through the loader**: with torchdata's ``StatefulDataLoader``,
+      ``loader.state_dict()`` / ``loader.load_state_dict(state)`` (the loader calls this
+      dataset's :meth:`state_dict` and :meth:`load_state_dict` in each worker: each
+      worker's state is the samples it delivered of its share). Resume with the same
+      ``num_workers`` (the loader requires it), ``0`` included.
+    - **Yourself**: ``dataset.state_dict(consumed)``, where ``consumed`` is the number of
+      samples your loop received since the pass began (count ``len(y)`` per batch),
+      records the epoch and the rank's delivered samples; ``dataset.load_state_dict(state)``
+      makes the next pass play that epoch from there, with any ``num_workers``. This
+      holds when items reach your loop in rank-sequence order: with ``num_workers=0``;
+      with dataset batching (``batch_size=B``, ``DataLoader(batch_size=None)``); with
+      per-sample items and ``DataLoader(batch_size=None)``; or with
+      ``DataLoader(batch_size=B)`` when ``loader_batch_size=B`` is passed here, and the
+      DataLoader's default ``in_order=True``.
+
+    A resume point is used by the next pass only: the pass after it plays the next
+    epoch. :meth:`set_epoch` with another epoch before that pass forgets it.
 
     Args:
         location: dataset folder holding ``manifest.json`` (or its URL). Leave ``None`` and give ``shards``
@@ -198,7 +157,13 @@ class StreamingShardDataset(IterableDataset):
         loader_batch_size: with per-sample items and ``DataLoader(batch_size=B,
             num_workers>1)``, pass ``B`` so that each worker produces whole DataLoader
             batches in rank-sequence order (see the resume contract).
-
+        augment: on-the-fly augmentation of the uint8 pixels before normalization, image
+            and mask together (a per-sample callable ``fn(image, mask, rng)`` given the
+            unfolded ``H x W x C`` image, the built-ins of :mod:`loaders.augment`, an
+            albumentations pipeline, a torchvision v2 transform, or a list of them). Its
+            randomness is keyed by ``(seed, epoch of the pass, position in the split)``:
+            the same for any worker count, batch size or order. With ``shards=`` the fold
+            ratio is read off the mask's size (segmentation), else taken as 1.
         options: :class:`~shardwriter.options.Options` (storage, retries, per-sample
             checks); default: read from the ``AI8X_SHARDS_*`` environment now.
 
@@ -243,6 +208,7 @@ class StreamingShardDataset(IterableDataset):
         world_size: int | None = None,
         shards: str | list[str | os.PathLike[str]] | None = None,
         loader_batch_size: int | None = None,
+        augment: Any = None,
         options: Options | None = None,
     ) -> None:
         super().__init__()
@@ -259,10 +225,7 @@ class StreamingShardDataset(IterableDataset):
             raise SettingsError(f"seed must be a non-negative integer, not {seed!r}")
         if isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
             raise SettingsError(f"shuffle_buffer must be an integer >= 0, not {shuffle_buffer!r}")
-        if (rank is None) != (world_size is None):
-            raise SettingsError("give both rank and world_size, or neither")
-        if world_size is not None and rank is not None and not 0 <= rank < world_size:
-            raise SettingsError(f"rank {rank} is not in [0, {world_size})")
+        ranks.check_explicit(rank, world_size)
 
         self.split = split
         self.shuffle = bool(shuffle)
@@ -274,8 +237,9 @@ class StreamingShardDataset(IterableDataset):
         self.loader_batch_size = loader_batch_size
         self.drop_last = bool(drop_last)
         self._rank, self._world = rank, world_size
-        self._epoch = 0
-        self._resume: tuple[int, int] | None = None  # (epoch, samples already delivered)
+        self._clock = EpochClock()  # shared with every DataLoader worker's copy (loaders.epochs)
+        self._local: Resume | None = None  # a resume point loaded into this copy (a worker's own state)
+        self._live: _Pass | None = None  # the last pass begun in this process
         self.options = options or Options.from_env()
         self.manifest: fmt.Manifest | None = None
         self.store: Store | None = None
@@ -288,10 +252,7 @@ class StreamingShardDataset(IterableDataset):
             where = self.store.location
         else:
             assert shards is not None
-            patterns = [shards] if isinstance(shards, str) else [os.fspath(p) for p in shards]
-            paths = [p for pattern in patterns for p in braceexpand(pattern)]
-            if not paths:
-                raise SettingsError("shards names no files")
+            paths = expand(shards)
             self.index, schema = index_from_paths(paths)
             where = paths[0]
         self.input_shape: tuple[int, ...] = schema.input_shape
@@ -301,6 +262,17 @@ class StreamingShardDataset(IterableDataset):
         self._counts = np.array([s.count for s in self.index.shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]]).astype(np.int64) if len(self._counts) else self._counts
         self._verify = self.index.hashed and self.options.verify_samples
+        self.augment: Augmentation | None = None
+        self._augmenter: Augmenter | None = None
+        if augment is not None:
+            if self.manifest is not None:
+                fold = self.manifest.fold_ratio
+            elif self.target_kind == "mask" and len(self.input_shape) == 3:
+                fold = max(1, self._target_shape[0] // self.input_shape[1])
+            else:
+                fold = 1
+            self._augmenter = Augmenter(augment, Spec(tuple(self.input_shape), fold, self.target_kind), seed)
+            self.augment = self._augmenter.augmentation
         if not self.index.hashed:
             warn_unhashed(where)
 
@@ -313,36 +285,23 @@ class StreamingShardDataset(IterableDataset):
 
     @property
     def epoch(self) -> int:
-        """The epoch the next iteration plays (see :meth:`set_epoch`)."""
-        return self._epoch
+        """The epoch the next pass plays (see :meth:`set_epoch` and the class docstring)."""
+        return self._clock.next_epoch()
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch the next iteration plays; call it before every epoch.
+        """Choose the epoch the next pass plays; later passes go on from it (epoch + 1, ...).
 
-        A resume point loaded by :meth:`load_state_dict` is kept only if ``epoch`` is
-        the epoch it was saved in.
+        Takes effect at the next ``iter()``, also in persistent DataLoader workers. A
+        resume point loaded by :meth:`load_state_dict` is kept only if ``epoch`` is the
+        epoch it was saved in.
         """
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise SettingsError(f"epoch must be a non-negative integer, not {epoch!r}")
-        if self._resume is not None and self._resume[0] != epoch:
-            self._resume = None
-        self._epoch = epoch
+        self._clock.set_epoch(epoch)
 
     def rank_and_world_size(self) -> tuple[int, int]:
         """``(rank, world_size)``: explicit arguments, else torch.distributed, else env, else (0, 1)."""
-        if self._rank is not None and self._world is not None:
-            return self._rank, self._world
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-            try:
-                rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-            except ValueError:
-                raise SettingsError(f"environment RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} are not integers") from None
-            if not 0 <= rank < world:
-                raise SettingsError(f"environment RANK={rank} is not in [0, WORLD_SIZE={world})")
-            return rank, world
-        return 0, 1
+        return ranks.rank_and_world_size(self._rank, self._world)
 
     def samples_per_rank(self) -> int:
         """Samples each rank yields per epoch (the remainder policy applied, batching not)."""
@@ -357,68 +316,113 @@ class StreamingShardDataset(IterableDataset):
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled for a DataLoader worker: pin the rank and world size now, in the main
-        # process, because torch.distributed is not initialized inside workers.
+        # process, because torch.distributed is not initialized inside workers. The epoch
+        # table travels as shared memory (loaders.epochs); a pass begun here stays here.
         state = self.__dict__.copy()
         if state["_rank"] is None:
             state["_rank"], state["_world"] = self.rank_and_world_size()
+        state["_live"] = None
         return state
 
     # ------------------------------------------------------------------ state
 
-    def state_dict(self, consumed: int = 0) -> dict[str, Any]:
-        """The resume point after your loop received ``consumed`` samples of this pass.
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"seed": self.seed, "shuffle": self.shuffle, "world_size": self.rank_and_world_size()[1], "num_samples": self.num_samples}
 
-        ``consumed`` counts samples (not batches) delivered since the current pass
-        over the epoch began; a pass that itself resumed adds its starting point, so
-        the returned ``"consumed"`` is always counted from the start of the epoch.
+    def state_dict(self, consumed: int | None = None) -> dict[str, Any]:
+        """The resume point: after your loop received ``consumed`` samples of this pass, or as counted here.
+
+        ``consumed`` counts samples (not batches) delivered since the current pass over
+        the epoch began; a pass that itself resumed adds its starting point, so the
+        returned ``"consumed"`` is always counted from the start of the epoch. The
+        current pass is the last one begun, unless :meth:`set_epoch` or
+        :meth:`load_state_dict` was called since (then it is the next one, not begun).
+
+        Without ``consumed`` (how torchdata's ``StatefulDataLoader`` calls it): the
+        samples this process's own pass delivered. In a DataLoader worker that is the
+        worker's share (a per-worker state, ``"worker"`` and ``"workers"`` set); in the
+        main process, the pass it iterates itself. For a pass run by DataLoader workers
+        the main process cannot know it: give ``consumed``.
         """
         rank_out = plan.samples_out(self.samples_per_rank(), self.batch_size, self.drop_last)
-        start = self._resume[1] if self._resume is not None and self._resume[0] == self._epoch else 0
-        total = start + int(consumed)
+        info = get_worker_info()
+        live = self._live
+        if consumed is None and live is not None and (info is not None or self._clock.current() == (live.epoch, live.start, 0)):
+            if live.workers > 1:  # one worker's share: only that worker of a loader with as many workers can go on from it
+                return {"epoch": live.epoch, "start": live.start, "worker": live.worker, "workers": live.workers,
+                        "yielded": live.skip + live.yielded, **self._fingerprint()}
+            return {"epoch": live.epoch, "consumed": live.start + live.yielded, **self._fingerprint()}
+        current = self._clock.current()
+        if current is None:  # no pass begun since set_epoch/load_state_dict: the next one
+            pending = self._clock.pending()
+            epoch, start = self._clock.next_epoch(), pending.start if pending is not None else 0
+        else:
+            epoch, start, workers = current
+            if consumed is None:
+                raise SettingsError("this pass ran in DataLoader workers, which count what they delivered: pass "
+                                    "consumed= (the samples your loop received in this pass), or use torchdata's StatefulDataLoader")
+        consumed = 0 if consumed is None else int(consumed)
+        total = start + consumed
         if consumed < 0 or total > rank_out:
             raise SettingsError(f"consumed={consumed}: this rank delivers {rank_out - start} samples in this pass")
-        return {
-            "epoch": self._epoch,
-            "consumed": total,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "world_size": self.rank_and_world_size()[1],
-            "num_samples": self.num_samples,
-        }
+        return {"epoch": epoch, "consumed": total, **self._fingerprint()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue epoch ``state["epoch"]`` after its first ``state["consumed"]`` samples.
+        """Make the next pass continue epoch ``state["epoch"]`` where ``state`` says.
 
-        Raises :class:`~shardwriter.errors.SettingsError` if the state was saved with
-        another seed, shuffle setting, world size or number of samples (the remaining
-        samples would differ).
+        ``state`` is what :meth:`state_dict` returned: ``"consumed"`` samples of the rank
+        sequence delivered, or (in a DataLoader worker, from ``StatefulDataLoader``) one
+        worker's share. Raises :class:`~shardwriter.errors.SettingsError` if the state was
+        saved with another seed, shuffle setting, world size or number of samples (the
+        remaining samples would differ), or holds one worker's share outside a DataLoader
+        worker.
         """
-        mine = {"seed": self.seed, "shuffle": self.shuffle, "world_size": self.rank_and_world_size()[1], "num_samples": self.num_samples}
-        for key, value in mine.items():
+        for key, value in self._fingerprint().items():
             if key in state and state[key] != value:
                 raise SettingsError(f"state was saved with {key}={state[key]!r}, this dataset has {value!r}")
-        epoch, consumed = int(state["epoch"]), int(state["consumed"])
-        if epoch < 0 or consumed < 0:
-            raise SettingsError(f"bad state: epoch {epoch}, consumed {consumed}")
-        self._epoch = epoch
-        self._resume = (epoch, consumed)
+        try:
+            epoch = int(state["epoch"])
+            if "workers" in state:
+                start, skip = int(state["start"]), int(state["yielded"])
+                worker, workers = int(state["worker"]), int(state["workers"])
+            else:
+                start, skip, worker, workers = int(state["consumed"]), 0, 0, 1
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SettingsError(f"not a state of this dataset ({type(exc).__name__}: {exc})") from None
+        if min(epoch, start, skip) < 0 or not 0 <= worker < workers:
+            raise SettingsError(f"bad state: epoch {epoch}, consumed {start}, worker {worker} of {workers}")
+        if get_worker_info() is not None:  # in a worker (StatefulDataLoader restoring it): this copy only
+            self._local = Resume(epoch, start, skip, worker, workers) if workers > 1 else Resume(epoch, start + skip)
+        elif workers > 1:
+            raise SettingsError(f"this state is DataLoader worker {worker}'s share of {workers} workers: load it through "
+                                "the StatefulDataLoader that saved it, or save with dataset.state_dict(consumed)")
+        else:
+            self._local = None
+            self._clock.resume(epoch, start + skip)
 
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[Any]:
         rank, world = self.rank_and_world_size()
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 0)
         act = resolve_act_mode(self.act_mode_8bit)
-        epoch = self._epoch
-        start = self._resume[1] if self._resume is not None and self._resume[0] == epoch else 0
-        p = plan.worker_plan(self._counts, seed=self.seed, epoch=epoch, rank=rank, world=world, worker=worker,
-                             workers=workers, shuffle=self.shuffle, buffer=self.shuffle_buffer, drop_last=self.drop_last,
-                             chunk=self.batch_size or self.loader_batch_size or 1, batch_size=self.batch_size, start=start)
+        local, self._local = self._local, None
+        if local is not None and local.workers is not None and (local.worker, local.workers) != (worker, workers):
+            raise SettingsError(f"this state is DataLoader worker {local.worker}'s share of {local.workers} workers; "
+                                f"it was loaded into worker {worker} of {workers}")
+        how = self._clock.begin(worker, workers, local)
+        p = plan.worker_plan(self._counts, seed=self.seed, epoch=how.epoch, rank=rank, world=world, worker=worker,
+                             workers=max(workers, 1), shuffle=self.shuffle, buffer=self.shuffle_buffer, drop_last=self.drop_last,
+                             chunk=self.batch_size or self.loader_batch_size or 1, batch_size=self.batch_size,
+                             start=how.start, skip=how.skip)
         order = np.argsort(p.inputs, kind="stable")
-        rows = (self._starts[p.shards] + p.withins)[order]
+        out_rows = self._starts[p.shards] + p.withins  # each output's sample: its position in the split
         reader = read_records(self._refs(), self._offsets, p.shards[order], p.withins[order])
-        return self._emit(p.outputs, p.inputs, p.inputs[order], rows, reader, act)
+        self._live = live = _Pass(how.epoch, how.start, how.skip, worker, max(workers, 1))
+        aug = None if self._augmenter is None else partial(self._augmenter, epochs=how.epoch)
+        items = self._emit(p.outputs, p.inputs, p.inputs[order], out_rows[order], reader, act, out_rows, aug)
+        return live.count(items, p.outputs, self.batch_size)
 
     def _refs(self) -> list[ShardRef]:
         refs = []
@@ -427,7 +431,7 @@ class StreamingShardDataset(IterableDataset):
                 opener = partial(_open_store, self.store, s)
                 name = self.store.describe(s.file)
             else:
-                opener, name = partial(_open_path, s.file, s.bytes), s.file
+                opener, name = partial(open_path, s.file, s.bytes), s.file
             refs.append(ShardRef(name, s.count, s.first if s.first >= 0 else None, opener))
         return refs
 
@@ -436,7 +440,7 @@ class StreamingShardDataset(IterableDataset):
         return self.index.offset[a:b], self.index.size[a:b]
 
     def _emit(self, outputs: np.ndarray, inputs: np.ndarray, read_order: np.ndarray, read_rows: np.ndarray,
-              reader: Iterator[bytes], act: bool) -> Iterator[Any]:
+              reader: Iterator[bytes], act: bool, out_rows: np.ndarray | None = None, aug: Any = None) -> Iterator[Any]:
         """Yield this worker's samples (or batches) in output order from the forward reader."""
         held: dict[int, tuple[bytes, int]] = {}  # read but not yet yielded: raw payloads only
         arrivals = iter(zip(read_order.tolist(), read_rows.tolist()))
@@ -448,14 +452,16 @@ class StreamingShardDataset(IterableDataset):
             return self._decode(*held.pop(j))
 
         if self.batch_size is None:
-            for j in inputs.tolist():
-                yield self._sample(take(j), act)
+            if aug is None:
+                for j in inputs.tolist():
+                    yield self._sample(take(j), act)
+            else:
+                assert out_rows is not None
+                for j, row in zip(inputs.tolist(), out_rows.tolist()):
+                    yield self._sample(take(j), act, aug, row)
         else:
-            chunks = np.flatnonzero(np.diff(outputs) != 1) + 1  # the worker's chunks are runs of outputs
-            bounds = zip(np.concatenate([[0], chunks]).tolist(), np.concatenate([chunks, [len(outputs)]]).tolist())
-            for a, b in bounds:
-                for c in range(a, b, self.batch_size):
-                    yield self._batch([take(j) for j in inputs[c : min(b, c + self.batch_size)].tolist()], act)
+            for a, b in plan.batch_bounds(outputs, self.batch_size):  # the worker's chunks, cut into batches
+                yield self._batch([take(j) for j in inputs[a:b].tolist()], act, aug, None if out_rows is None else out_rows[a:b])
         next(reader, None)  # let the reader finish its last shard's checks (end-of-archive marker)
 
     def _decode(self, payload: bytes, i: int) -> tuple[np.ndarray, Any]:
@@ -483,15 +489,19 @@ class StreamingShardDataset(IterableDataset):
         where = self.store.location if self.store is not None else shard.file
         return integrity_error(where, Path(shard.file).name, self.index.describe(i), what)
 
-    def _sample(self, rec: tuple[np.ndarray, Any], act: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, rec: tuple[np.ndarray, Any], act: bool, aug: Any = None, row: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = rec
+        if aug is not None:  # augmented as a batch of one, uint8, before normalization
+            mask = self.target_kind == "mask"
+            xs, ms = aug(np.array(x)[None], np.array(y)[None] if mask else None, indices=np.array([row]))
+            x, y = xs[0], (ms[0] if mask else y)
         x = torch.from_numpy(np.array(x)) if self.output == "uint8" else torch.from_numpy(normalize_np(x, act))
         if self.target_kind == "class":
             return x, torch.tensor(y, dtype=torch.int64)
         dtype = np.int64 if self.target_kind == "mask" else np.float32
         return x, torch.from_numpy(np.array(y, dtype=dtype))
 
-    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool) -> Any:
+    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool, aug: Any = None, rows: np.ndarray | None = None) -> Any:
         """One batch, normalized once; from a DataLoader worker it travels as uint8 (:mod:`loaders.batch`)."""
         xb = np.empty((len(recs), *self.input_shape), dtype=np.uint8)
         if self.target_kind == "class":
@@ -503,5 +513,30 @@ class StreamingShardDataset(IterableDataset):
             for t, (x, y) in enumerate(recs):
                 xb[t] = x
                 yb[t] = y
+        if aug is not None:  # uint8, checked, before normalization
+            xb, masks = aug(xb, yb if self.target_kind == "mask" else None, indices=rows)
+            yb = masks if masks is not None else yb
         batch = Batch(torch.from_numpy(xb), torch.from_numpy(yb), None if self.output == "uint8" else act, self.target_kind == "mask")
         return for_transfer(batch)
+
+
+class _Pass:
+    """One pass begun in this process: where it started, and how many samples it has delivered."""
+
+    __slots__ = ("epoch", "start", "skip", "worker", "workers", "yielded")
+
+    def __init__(self, epoch: int, start: int, skip: int, worker: int, workers: int) -> None:
+        self.epoch, self.start, self.skip, self.worker, self.workers = epoch, start, skip, worker, workers
+        self.yielded = 0
+
+    def count(self, items: Iterator[Any], outputs: np.ndarray, batch_size: int | None) -> Iterator[Any]:
+        """``items``, counting the samples delivered as each is handed over (for ``state_dict()``)."""
+        if batch_size is None:
+            for k, item in enumerate(items, 1):
+                self.yielded = k
+                yield item
+            return
+        ends = iter([b for _, b in plan.batch_bounds(outputs, batch_size)])
+        for item in items:
+            self.yielded = next(ends)
+            yield item

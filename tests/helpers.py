@@ -8,6 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SubsetRandomSampler
 
+from shardwriter import pack
+from shardwriter.sources import NpzSource
+
 
 def make_npz(path: Path, n: int = 200, shape: tuple[int, ...] = (1, 28, 28), classes: int = 10, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
@@ -53,3 +56,52 @@ def get_data_loaders(train_ds, test_ds, batch_size, workers, validation_split=0.
         train_loader = DataLoader(subset, sampler=DistributedSampler(subset, num_replicas=world, rank=rank, shuffle=True), **kw)
     valid_loader = DataLoader(train_ds, sampler=SubsetRandomSampler(valid), **kw)
     return train_loader, valid_loader, test_loader
+
+
+# --------------------------------------------------------------------------- streaming datasets
+
+
+def make_dataset(directory: Path, n: int, *, shape=(1, 4, 4), max_count: int = 5, target: str = "class", seed: int = 0) -> Path:
+    """Pack ``n`` samples whose input carries its own number in pixels [0,0,0] and [0,0,1].
+
+    Class targets are ``number % 7``; masks are random ``H x W`` uint8; regression
+    targets are ``[number / 2, -number]`` float32.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    if target == "mask":
+        y = rng.integers(0, 3, (n, *shape[1:]), dtype=np.uint8)
+    elif target == "regression":
+        y = np.stack([np.arange(n) / 2, -np.arange(n)], axis=1).astype(np.float32)
+    else:
+        y = (np.arange(n) % 7).astype(np.int64)
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / "src.npz", x=x, y=y)
+    out = directory / "ds"
+    pack(NpzSource(directory / "src.npz", test_fraction=0.0), out, max_count=max_count, quiet=True)
+    return out
+
+
+def numbers(x: torch.Tensor) -> list[int]:
+    """Sample numbers carried by a sample or a batch, float (normalized) or uint8."""
+    if x.dtype == torch.float32:
+        x = (x * 128 + 128).round()
+    x = x.to(torch.int64)
+    if x.ndim == 3:
+        x = x[None]
+    return (x[:, 0, 0, 0] + 256 * x[:, 0, 0, 1]).tolist()
+
+
+def batches(items) -> list[list[int]]:
+    """The sample numbers of each item (sample or batch) an iterable yields, checking targets."""
+    out = []
+    for x, y in items:
+        ns = numbers(x)
+        assert y.dtype == torch.int64 and y.reshape(-1).tolist() == [n % 7 for n in ns]  # target travels with input
+        out.append(ns)
+    return out
+
+
+def flat(bs: list[list[int]]) -> list[int]:
+    return [n for b in bs for n in b]

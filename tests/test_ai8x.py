@@ -17,7 +17,7 @@ from PIL import Image
 from ai8x_shards.cli import main as cli
 from loaders.install import InstallError, install, installed_entries, uninstall
 from loaders.preview import preview
-from loaders.transforms import prepare_image
+from loaders.transforms import prepare_image, unfold_torch
 from shardwriter import pack
 from shardwriter.sources import AISegmentSource
 from shardwriter.synth import synth_aisegment
@@ -189,3 +189,33 @@ def test_preview_draws_unfolded_images_with_masks(checkout, tmp_path):
     assert (tile[..., 0] - tile[..., 1] > 60).mean() > 0.05  # the background mask is tinted red
     assert cli(["preview", str(data / "AISegment_80"), "--split", "test", "-n", "2", "-o", str(tmp_path / "q.png")]) == 0
     assert Image.open(tmp_path / "q.png").size[0] > 160
+
+
+def test_install_attaches_an_augmentation_that_imports_only_when_the_entry_is_used(checkout, monkeypatch):
+    _, data, repo = checkout
+    (repo / "portrait_aug.py").write_text(
+        "from loaders.augment import HorizontalFlip\n"
+        "train_augment = [HorizontalFlip(p=1.0)]\n"
+    )
+    assert cli(["install-ai8x", str(repo), "--add", f"PortraitsAug={data / 'AISegment_352'}", "--augment", "portrait_aug:train_augment",
+                "--augment", "AISegment_80_shards=missing_module:augment"]) == 0
+    entries = discover(repo)  # the shim imports although missing_module does not exist
+    e = entries["PortraitsAug"]
+    assert e["augment"] == "portrait_aug:train_augment" and e["fold_ratio"] == 4
+    monkeypatch.syspath_prepend(str(repo))  # train.py runs from its checkout: its folder is on sys.path
+    args = SimpleNamespace(act_mode_8bit=True, truncate_testset=False)
+    train, test = e["loader"](("/elsewhere", args))
+    plain = discover(repo)["AISegment_352_shards"]["loader"]((str(data), args))[0]
+    assert train.augment is not None and test.augment is None
+    x, y = train[0]
+    px, py = plain[0]
+    assert x.shape == px.shape == (48, 88, 88) and not torch.equal(x, px)
+    assert torch.equal(unfold_torch(x, 4), unfold_torch(px, 4).flip(-1)) and torch.equal(y, py.flip(-1))  # mirrored, unfolded
+    with pytest.raises(ValueError, match="cannot import missing_module"):
+        entries["AISegment_80_shards"]["loader"]((str(data), args))
+    assert cli(["install-ai8x", str(repo), "--augment", "AISegment_80_shards=none"]) == 0
+    assert "augment" not in discover(repo)["AISegment_80_shards"]
+    assert discover(repo)["PortraitsAug"]["augment"] == "portrait_aug:train_augment"  # kept on re-install
+    assert cli(["install-ai8x", str(repo), "--augment", "Nope=portrait_aug:train_augment"]) == 2
+    assert cli(["install-ai8x", str(repo), "--augment", "portrait_aug:train_augment"]) == 2  # no --add to apply to
+    assert cli(["install-ai8x", str(repo), "--augment", "PortraitsAug=not a spec"]) == 2

@@ -43,7 +43,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench-out")
     before = _digest(REPO_RESULTS)
     # The peers (F) are optional extras and slow to import; the quick run here leaves them out.
-    args = run.parse_args(["--quick", "--out", str(out), "--only", "A,B,C,D,E,G-raw,G-memmap"])
+    args = run.parse_args(["--quick", "--out", str(out), "--only", "A,B,C,D,C-aug,D-aug,E,G-raw,G-memmap"])
     summary, status = run.run(args, "ai8x-shards bench --quick (test)")
     assert status == 0, (out / "RESULTS.md").read_text()
     assert _digest(REPO_RESULTS) == before, "the quick run must not overwrite benchmarks/RESULTS.md"
@@ -102,6 +102,15 @@ def test_ratios_and_table1_are_computed(quick: tuple[dict, str]) -> None:
     assert "Command: `ai8x-shards bench --quick (test)`" in md
 
 
+def test_augmentation_cost_is_reported_for_c_and_d(quick: tuple[dict, str]) -> None:
+    summary, md = quick
+    rows = [line for line in md.split("## What augmentation costs", 1)[1].splitlines() if line.startswith("| large") or line.startswith("| small")]
+    assert len(rows) == 8  # {large, small} x {C, D} x {1 process, workers}
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert _num(cells[3]) > 0 and _num(cells[4]) > 0 and cells[5].endswith("%"), line
+
+
 def test_sample_tags_round_trip() -> None:
     case = cases.small(300)
     x = np.zeros((300, *case.x_shape), np.uint8)
@@ -112,8 +121,8 @@ def test_sample_tags_round_trip() -> None:
 
 def test_every_approach_is_registered_and_says_why_it_is_missing() -> None:
     reg = registry()
-    assert list(reg) == ["A", "B", "C", "C-nocheck", "D", "D-nocheck", "D-http", "E", "F-mds", "F-litdata", "G-raw", "G-batched",
-                         "G-batched-dl", "G-bandwidth", "G-memmap"]
+    assert list(reg) == ["A", "B", "C", "C-nocheck", "D", "D-nocheck", "C-aug", "D-aug", "D-http", "E", "F-mds", "F-litdata",
+                         "G-raw", "G-batched", "G-batched-dl", "G-bandwidth", "G-memmap"]
     for a in reg.values():
         why = a.unavailable()
         assert why is None or (isinstance(why, str) and why)
