@@ -102,8 +102,11 @@ class EpochClock:
         return int(self._t[_LEADS].sum())
 
     def _passes_before(self, worker: int, workers: int) -> int:
-        t = self._t
-        return int(t[_LEADS].sum() - t[_LEADS[workers]] + t[_slot(worker, workers)])
+        # One read of the lead slots: the other workers of this pass are incrementing theirs right now
+        # (worker 0's slot is a lead), so every value is read once and this kind's lead left out by position.
+        leads = self._t[_LEADS].copy()
+        own = int(leads[workers]) if worker == 0 else int(self._t[_slot(worker, workers)])
+        return int(leads.sum() - leads[workers]) + own
 
     def next_epoch(self) -> int:
         """The epoch the next pass plays (a pending resume point's epoch, if one applies)."""
