@@ -14,11 +14,11 @@ import torch
 from helpers import get_data_loaders
 from PIL import Image
 
+from ai8x_shards.cli import main as cli
 from loaders.install import InstallError, install, installed_entries, uninstall
 from loaders.preview import preview
 from loaders.transforms import prepare_image
 from shardwriter import pack
-from ai8x_shards.cli import main as cli
 from shardwriter.sources import AISegmentSource
 from shardwriter.synth import synth_aisegment
 

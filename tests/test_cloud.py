@@ -21,11 +21,11 @@ import helpers
 import numpy as np
 import pytest
 import torch
+from loaders.cache import ShardCache
 from servers import Fault, FaultProxy, GcsEmulator, RangeHTTPServer, RcloneS3
 from torch.utils.data import DataLoader
 
 from loaders import ShardDataset, storage
-from loaders.cache import ShardCache
 from loaders.mapstyle import collate
 from shardwriter import format as fmt
 from shardwriter import pack, remote
@@ -619,8 +619,8 @@ def test_streaming_epoch_over_http_through_faults_yields_each_sample_once(data, 
 def test_cli_packs_to_a_bucket_and_train_py_reads_it_by_url(s3_env, tmp_path, capsys):
     from types import SimpleNamespace
 
-    from loaders.ai8x import datasets
     from ai8x_shards.cli import main as cli
+    from loaders.ai8x import datasets
     from shardwriter.synth import synth_aisegment
 
     raw = synth_aisegment(tmp_path / "raw", images=4, seed=1)
