@@ -153,6 +153,12 @@ def sealed_record(split: str, shard: int, pieces: list[dict[str, Any]], outputs:
             "digest": f"{total:032x}", "outputs": [{**outputs[o], "hist": hist[o]} for o in range(n_out)]}
 
 
+def shard_keys(header: dict[str, Any]) -> list[tuple[str, int]]:
+    """Every planned shard, in the global order (splits in train, test, val order): how parts are dealt."""
+    table = header["table"]
+    return [(split, n) for split in fmt.SPLITS if split in table for n in range(len(table[split]))]
+
+
 def output_dirs(out: Path, header: dict[str, Any]) -> list[Path]:
     return [out / o["subdir"] if o["subdir"] else out for o in header["outputs"]]
 
@@ -162,9 +168,8 @@ def final_fingerprint(header: dict[str, Any], sealed: dict[tuple[str, int], dict
     if not header["content_checked"]:
         return header["fingerprint"]
     h = hashlib.sha256(header["fingerprint"].encode())
-    for split, counts in header["table"].items():
-        for number in range(len(counts)):
-            h.update(sealed[(split, number)]["digest"].encode())
+    for key in shard_keys(header):
+        h.update(sealed[key]["digest"].encode())
     return h.hexdigest()
 
 
@@ -172,12 +177,13 @@ def assemble(out: Path, header: dict[str, Any], sealed: dict[tuple[str, int], di
     """Rename sealed shards to their final names, renumbering keys where needed; write the manifests."""
     dirs = output_dirs(out, header)
     n_out = len(dirs)
-    missing = [f"{s}-{n:06d}" for s, counts in header["table"].items() for n in range(len(counts)) if (s, n) not in sealed]
+    missing = [f"{s}-{n:06d}" for s, n in shard_keys(header) if (s, n) not in sealed]
     if missing:
         raise PackError(f"{out}: {len(missing)} shard(s) not written yet ({', '.join(missing[:5])}); run every part first")
     splits: list[dict[str, Any]] = [{} for _ in range(n_out)]
     skipped: list[dict[str, str]] = []
-    for split, counts in header["table"].items():
+    for split in (s for s in fmt.SPLITS if s in header["table"]):
+        counts = header["table"][split]
         planned = actual = number = 0
         entries: list[list[dict[str, Any]]] = [[] for _ in range(n_out)]
         hist = [np.zeros(len(o["manifest"]["classes"]), np.int64) for o in header["outputs"]]

@@ -39,7 +39,17 @@ from typing import Any
 from . import __version__
 from . import format as fmt
 from .errors import FormatError, PackError, SettingsError
-from .job import JOURNAL_PREFIX, Journal, PackJob, assemble, final_fingerprint, journal_name, read_journal, sealed_record
+from .job import (
+    JOURNAL_PREFIX,
+    Journal,
+    PackJob,
+    assemble,
+    final_fingerprint,
+    journal_name,
+    read_journal,
+    sealed_record,
+    shard_keys,
+)
 from .lock import LOCK_PREFIX, OutLock, held, lock_name
 from .plan import Plan, ShardPlan, make_plan
 from .sources.base import OutputSpec, Source
@@ -49,6 +59,8 @@ from .writer import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT, Segment, _named
 #: The job journal of a whole (not ``--part``) pack.
 JOB_FILE = JOURNAL_PREFIX
 DEFAULT_SEED = 0
+#: A shard is cut into pieces for balance only down to pieces of about this many bytes.
+MIN_PIECE_BYTES = 4 << 20
 
 _OURS = re.compile(
     r"^(manifest\.json|\.manifest\.json\.tmp"
@@ -269,7 +281,8 @@ def pack(
                                              "inputs": inputs.digest}, sort_keys=True, default=str).encode()).hexdigest()
     plan = make_plan(src, settings.max_count, settings.max_bytes, settings.shuffle, settings.seed)
     warnings = list(src.warnings())
-    header = _header(src, plan, settings, fingerprint, inputs.covers, inputs.summary, options, warnings)
+    header = json.loads(json.dumps(_header(src, plan, settings, fingerprint, inputs.covers, inputs.summary, options, warnings),
+                                   default=str))  # exactly as the journal gives it back
     header["command"] = command
     k, n = settings.part
     mine = [s for g, s in enumerate(plan.shards()) if g % n == k - 1]
@@ -366,6 +379,7 @@ def _open_job(out: Path, dirs: list[Path], header: dict[str, Any], settings: Set
     records, length = read_journal(journal.path)
     whole = settings.part == (1, 1)
     others = _other_journals(out, journal.path.name)
+    sibling = False  # other parts of this very job share the folder
     if others:
         foreign = []
         for p in others:
@@ -379,6 +393,7 @@ def _open_job(out: Path, dirs: list[Path], header: dict[str, Any], settings: Set
         if foreign:
             _clean(out, dirs)
             records, length = [], 0
+        sibling = not foreign
     if records:
         old = records[0]
         if _same_job(old, header):
@@ -401,7 +416,7 @@ def _open_job(out: Path, dirs: list[Path], header: dict[str, Any], settings: Set
                 raise PackError(f"{out} already holds a different dataset: {got}; pass --overwrite to replace it, "
                                 "or choose another output folder")
             _clean(out, dirs)
-        elif any(our_files(d) for d in {out, *dirs} if any(not p.name.startswith(LOCK_PREFIX) for p in our_files(d))):
+        elif not sibling and any(not p.name.startswith(LOCK_PREFIX) for d in {out, *dirs} for p in our_files(d)):
             if not overwrite:
                 raise PackError(f"{out} already holds a different (or partial) dataset; pass --overwrite to replace it, "
                                 "or choose another output folder")
@@ -492,7 +507,8 @@ def _execute_checks(ctx: Context, tasks: list[PieceTask], settings: Settings) ->
     def done(i: int, r: dict[str, Any]) -> None:
         results[i] = r["digest"]
 
-    _execute(ctx, [(i, t) for i, t in enumerate(tasks)], settings.workers, done, None, digest=True)
+    _execute(ctx, [(("check", i), t) for i, t in enumerate(tasks)], settings.workers, lambda tag, r: done(tag[1], r) or [],
+             None, digest=True)
     return [results[i] for i in range(len(tasks))]
 
 
@@ -554,7 +570,7 @@ def _work(ctx: Context, job: PackJob, journal: Journal, plan: Plan, mine: list[S
         if pos < sh.stop:
             gaps.append((key, pos, sh.stop))
     item_bytes = max(1, sum(int(sp.offsets[0][-1]) for sp in plan.splits.values()) // max(1, sum(len(sp.items) for sp in plan.splits.values())))
-    ranges = balance(gaps, settings.workers, max(1, (4 << 20) // item_bytes)) if plan.exact else gaps
+    ranges = balance(gaps, settings.workers, max(1, MIN_PIECE_BYTES // item_bytes)) if plan.exact else gaps
     pending: dict[tuple[str, int], set[tuple[int, int]]] = {key: set() for key in unsealed}
     tasks: list[tuple[Any, PieceTask | None]] = []
     for key, a, b in ranges:
@@ -783,8 +799,7 @@ def merge(out: str | os.PathLike[str]) -> PackResult:
         total = 0
         for j in jobs:
             k = j.header["part"][0]
-            want = [(s, i) for g, (s, i) in enumerate((s, i) for s, c in first["table"].items() for i in range(len(c)))
-                    if g % n == k - 1]
+            want = [key for g, key in enumerate(shard_keys(first)) if g % n == k - 1]
             total += len(want)
             lacking_shards = [w for w in want if w not in j.sealed]
             if lacking_shards:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,11 +195,26 @@ _CTX: Context | None = None
 _PROGRESS: Any = None
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the pack process ends, however it ends (no orphan keeps writing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        parent = os.getppid()
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died before prctl
+            os._exit(1)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        pass
+
+
 def init_worker(ctx: Context, progress: Any = None) -> None:
-    """Initializer of each worker process: hold the context, let the source prepare."""
+    """Initializer of each worker process: die with the parent, hold the context, let the source prepare."""
     global _CTX, _PROGRESS
+    _die_with_parent()
     _CTX, _PROGRESS = ctx, progress
-    import sys
 
     torch = sys.modules.get("torch")  # only when the source brought torch along: importing it costs a second
     if torch is not None:
