@@ -233,5 +233,6 @@ def run_merge(a: argparse.Namespace) -> int:
     for w in result.warnings:
         print(f"warning: {w}")
     for m in result:
-        print(f"merged {_summary(m)} -> {a.out}")
+        print(f"nothing to do: {a.out} holds the merged dataset ({_summary(m)})" if result.status == "unchanged" else
+              f"merged {_summary(m)} -> {a.out}")
     return 0

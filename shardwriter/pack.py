@@ -768,8 +768,10 @@ def merge(out: str | os.PathLike[str]) -> PackResult:
     out = Path(out)
     paths = sorted(p for p in out.glob(JOURNAL_PREFIX + "-*-of-*") if re.match(r"^\.ai8x-shards-job-\d+-of-\d+$", p.name))
     if not paths:
-        if _manifests([out]) is not None or any(_manifests([d]) for d in out.iterdir() if d.is_dir()) if out.is_dir() else False:
-            raise SettingsError(f"{out}: no parts to merge (it holds a finished dataset already)")
+        done = [m for d in ([out, *sorted(p for p in out.iterdir() if p.is_dir())] if out.is_dir() else [])
+                for m in (_manifests([d]) or [])]
+        if done:  # merged already (a merge killed after its manifests, or run twice)
+            return PackResult(done, status="unchanged")
         raise SettingsError(f"{out}: no parts to merge (no {JOURNAL_PREFIX}-K-of-N journals); pack with --part K/N first, "
                             "then gather every part's folder here (rsync -a part/ OUT/)")
     with OutLock(out, None, "merge"):

@@ -57,27 +57,26 @@ def sealed_records(out: Path, name: str = ".ai8x-shards-job") -> int:
 
 @dataclass
 class Kill:
-    """When to SIGKILL a run: after ``records`` more journal lines, after ``share`` of the shards still to write
-    (of ``total``), ``seconds`` after start, or once a final shard exists (``assembling``)."""
+    """When to SIGKILL a run: after ``records`` more journal lines, once ``sealed`` shards are recorded in all,
+    ``seconds`` after start, or once a final shard exists (``assembling``)."""
 
     records: int = 0
-    share: float = 0.0
+    sealed: int = 0
     seconds: float = 0.0
     assembling: bool = False
 
 
-def run_killed(args: list[str], cwd: Path, out: Path, kill: Kill, timeout: float = 120, total: int = 0) -> bool:
+def run_killed(args: list[str], cwd: Path, out: Path, kill: Kill, timeout: float = 120) -> bool:
     """Start ``args`` as a real process group, SIGKILL it at ``kill``; True when it was killed while running."""
     before = journal_records(out)
     had = len(finals(out))
-    if kill.share:
-        left = total - sealed_records(out)
-        kill = Kill(records=max(1, min(int(left * kill.share), left - 2)))
     proc = subprocess.Popen(args, cwd=cwd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     start = time.monotonic()
     try:
         while proc.poll() is None and time.monotonic() - start < timeout:
             if kill.records and journal_records(out) - before >= kill.records:
+                break
+            if kill.sealed and sealed_records(out) >= kill.sealed:
                 break
             if kill.seconds and time.monotonic() - start >= kill.seconds:
                 break

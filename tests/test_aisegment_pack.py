@@ -110,7 +110,7 @@ def check_against_reference(out: Path, raw: Path, images: list[str], test_fracti
             expected_names.setdefault(split, []).extend(f"{rel}#crop{k}" for k in range(3))
         written = {s: [rec.source for rec in recs] for s, recs in records.items() if recs}
         assert {s: sorted(v) for s, v in written.items()} == {s: sorted(v) for s, v in expected_names.items()}
-        for split, names in written.items():  # shuffled by image, each image's crops together and in order
+        for names in written.values():  # shuffled by image, each image's crops together and in order
             order = [n.partition("#crop")[0] for n in names[::3]]
             assert names == [f"{rel}#crop{k}" for rel in order for k in range(3)]
             assert order == sorted(order, key=lambda rel: xxhash.xxh3_64_intdigest(rel.encode(), 0)), "the seed-0 shuffle"

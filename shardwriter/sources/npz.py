@@ -229,7 +229,7 @@ class NpzSource(Source):
                 flat = y.reshape(len(y))
                 off = np.flatnonzero(~np.isfinite(flat) | (flat != np.round(flat)))
                 if len(off):
-                    raise SettingsError(f"{where}: --target class, but y[{int(off[0])}] is {flat[off[0]]!r}, not a whole number")
+                    raise SettingsError(f"{where}: --target class, but y[{int(off[0])}] is {float(flat[off[0]])!r}, not a whole number")
         if target == "mask" and (y.ndim < 2 or (not integer)):
             raise SettingsError(f"{where}: --target mask needs integer labels of shape (N, H, W), y is {y.dtype} ({shape})")
         return target
