@@ -1,9 +1,12 @@
-"""ShardWriter: appends encoded samples to the shards of one split of one dataset.
+"""Writing shard files: :class:`ShardWriter` (the low-level API), and pieces of planned shards.
 
-Owns rollover (by sample count and by bytes), crash safety (a shard and its index are
-written under temporary names, fsynced, then renamed; a shard's final name means it is
-complete), per-shard sha256 and the index rows. It knows nothing of sources, splits'
-contents or the manifest: :mod:`shardwriter.pack` drives it and records what it reports.
+:class:`ShardWriter` appends samples to the shards of one split: rollover (by sample
+count and by bytes), crash safety (a shard and its index are written under temporary
+names, fsynced, then renamed; a shard's final name means it is complete), per-shard
+sha256 and the index rows. The pack job (:mod:`shardwriter.pack`) does not use it: its
+workers write planned shards, or pieces of them, at offsets known in advance, with the
+functions at the end of this module (:func:`seal`, :func:`rebuild_shard`). Every
+``OSError`` here becomes a :class:`~shardwriter.errors.StorageError` naming the path.
 """
 
 from __future__ import annotations
@@ -148,19 +151,29 @@ class ShardWriter:
         """Drop the open shard's temporary files."""
         cur, self._open = self._open, None
         if cur is not None:
-            cur.file.close()
+            try:
+                cur.file.close()
+            except OSError:
+                pass
             cur.tmp.unlink(missing_ok=True)
 
     def _start(self) -> _OpenShard:
         name = fmt.shard_name(self.split, self.next_shard)
         path = self.directory / name
         tmp = self.directory / f".{name}.tmp"
-        self._open = _OpenShard(self.next_shard, path, tmp, open(tmp, "wb"))
+        try:
+            f = open(tmp, "wb")
+        except OSError as exc:
+            raise _named(tmp, exc, "create") from None
+        self._open = _OpenShard(self.next_shard, path, tmp, f)
         return self._open
 
     @staticmethod
     def _append(cur: _OpenShard, data: bytes) -> None:
-        cur.file.write(data)
+        try:
+            cur.file.write(data)
+        except OSError as exc:
+            raise _named(cur.tmp, exc, "write") from None
         cur.sha.update(data)
         cur.pos += len(data)
 
@@ -168,13 +181,20 @@ class ShardWriter:
         cur = self._open
         assert cur is not None
         self._append(cur, fmt.TAR_END)
-        cur.file.flush()
-        os.fsync(cur.file.fileno())
-        cur.file.close()
         index_bytes = fmt.encode_index(np.array(cur.rows, dtype=fmt.INDEX_DTYPE))
         index_path = self.directory / fmt.index_name(cur.path.name)
-        write_atomic(index_path, index_bytes)
-        os.replace(cur.tmp, cur.path)
+        try:
+            cur.file.flush()
+            os.fsync(cur.file.fileno())
+            cur.file.close()
+        except OSError as exc:
+            raise _named(cur.tmp, exc, "write") from None
+        try:
+            write_atomic(index_path, index_bytes)
+        except OSError as exc:
+            index_path.with_name(f".{index_path.name}.tmp").unlink(missing_ok=True)
+            raise _named(index_path, exc, "write") from None
+        replace_named(cur.tmp, cur.path)
         fsync_dir(self.directory)
         info = ShardInfo(
             file=cur.path.name,
