@@ -24,6 +24,7 @@ where a run was killed: every shard's place, keys and bytes follow from the plan
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import multiprocessing as mp
@@ -569,7 +570,8 @@ def _work(ctx: Context, job: PackJob, journal: Journal, plan: Plan, mine: list[S
             pos = max(pos, r["stop"])
         if pos < sh.stop:
             gaps.append((key, pos, sh.stop))
-    item_bytes = max(1, sum(int(sp.offsets[0][-1]) for sp in plan.splits.values()) // max(1, sum(len(sp.items) for sp in plan.splits.values())))
+    item_bytes = max(1, sum(int(off[-1]) for sp in plan.splits.values() for off in sp.offsets)
+                     // max(1, sum(len(sp.items) for sp in plan.splits.values())))  # every output's bytes
     ranges = balance(gaps, settings.workers, max(1, MIN_PIECE_BYTES // item_bytes)) if plan.exact else gaps
     pending: dict[tuple[str, int], set[tuple[int, int]]] = {key: set() for key in unsealed}
     tasks: list[tuple[Any, PieceTask | None]] = []
@@ -679,6 +681,7 @@ def _execute(ctx: Context, work: list[tuple[Any, Any]], workers: int, on_result:
     counter = _fork_context().Value("q", 0)
     n = min(workers, len(queue))
     seen = 0
+    gc.freeze()  # forked workers then share this process's objects without copying them on a collection
     with ProcessPoolExecutor(n, mp_context=_fork_context(), initializer=init_worker, initargs=(ctx, counter)) as pool:
         running: dict[Future[Any], Any] = {}
 
@@ -703,6 +706,8 @@ def _execute(ctx: Context, work: list[tuple[Any, Any]], workers: int, on_result:
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
+        finally:
+            gc.unfreeze()
 
 
 # --------------------------------------------------------------------------- dry run
