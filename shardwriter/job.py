@@ -219,6 +219,9 @@ def assemble(out: Path, header: dict[str, Any], sealed: dict[tuple[str, int], di
         path = d / fmt.MANIFEST_NAME
         m = fmt.manifest_from_json(obj, str(path))  # exactly what a reader will accept
         manifests.append(m)
+    for d in dirs:  # what a killed assembly may have left (it holds all of OUT now)
+        for p in d.glob(".*.rebuild.tmp"):
+            p.unlink(missing_ok=True)
     for m, d in zip(manifests, dirs):
         write_atomic_named(d / fmt.MANIFEST_NAME, m.dump())
     return manifests

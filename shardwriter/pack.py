@@ -640,17 +640,15 @@ def _drop_unrecorded(ctx: Context, job: PackJob, mine: list[ShardPlan]) -> None:
     """Delete temporary files of shards the journal records nothing of (a failed run frees their space)."""
     for sh in mine:
         key = (sh.split, sh.number)
+        names = [f".{fmt.shard_name(*key)}.tmp", f".{fmt.index_name(fmt.shard_name(*key))}.tmp"]
         if key in job.sealed or key in job.pieces:
-            continue
+            names = []  # resumable: kept
         for d in ctx.dirs:
-            for p in (d / f".{fmt.shard_name(*key)}.tmp", d / f".{fmt.index_name(fmt.shard_name(*key))}.tmp"):
+            for name in [*names, f".{fmt.shard_name(*key)}.tmp.rebuild.tmp", f".{fmt.index_name(fmt.shard_name(*key))}.tmp.rebuild.tmp"]:
                 try:
-                    p.unlink(missing_ok=True)
+                    (d / name).unlink(missing_ok=True)
                 except OSError:
                     pass
-    for d in ctx.dirs:
-        for p in d.glob(".*.rebuild.tmp"):
-            p.unlink(missing_ok=True)
 
 
 def _progress(total: int, quiet: bool | None) -> Any:
