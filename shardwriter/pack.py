@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import heapq
 import json
 import multiprocessing as mp
 import os
@@ -434,10 +435,7 @@ def _compare_finished(manifests: list[fmt.Manifest], dirs: list[Path], header: d
     if any(x.source_options != options for x in manifests) or m.source_kind != ctx.source.kind:
         return _what_changed(dict(m.source_options), options, None, header["inputs"], True)
     if header["content_checked"]:
-        digests = _check_all(ctx, plan, settings)
-        if digests is None:
-            return "the samples differ from the packed ones"
-        fp = final_fingerprint(header, digests)
+        fp = final_fingerprint(header, _check_all(ctx, plan, settings))
     else:
         fp = header["fingerprint"]
     if any(x.fingerprint != fp for x in manifests):
@@ -496,7 +494,8 @@ def _recheck(ctx: Context, job: PackJob, plan: Plan, settings: Settings) -> str 
     return None
 
 
-def _check_all(ctx: Context, plan: Plan, settings: Settings) -> dict[tuple[str, int], dict[str, Any]] | None:
+def _check_all(ctx: Context, plan: Plan, settings: Settings) -> dict[tuple[str, int], dict[str, Any]]:
+    """Every shard's content digest, from reading every sample again (nothing written)."""
     tasks = [_task(plan, sh, sh.start, sh.stop, check=True) for sh in plan.shards()]
     got = _execute_checks(ctx, tasks, settings)
     return {(t.split, t.shard): {"digest": g} for t, g in zip(tasks, got)}
@@ -538,11 +537,10 @@ def balance(ranges: list[tuple[Any, int, int]], workers: int, min_items: int, sl
         return list(ranges)
     out = list(ranges)
     total = sum(b - a for _, a, b in out)
-    for _ in range(4 * workers + len(out)):
+    for _ in range(8 * workers):
         loads = [0] * workers
-        for _, a, b in sorted(out, key=lambda r: r[1] - r[2]):
-            i = loads.index(min(loads))
-            loads[i] += b - a
+        for size in sorted((b - a for _, a, b in out), reverse=True):
+            heapq.heapreplace(loads, loads[0] + size)
         if max(loads) <= slack * total / workers:
             break
         big = max(range(len(out)), key=lambda i: out[i][2] - out[i][1])

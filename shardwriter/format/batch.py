@@ -152,43 +152,46 @@ class MemberEncoder:
                 raise FormatError(f"targets of {ybuf.nbytes // max(n, 1)} bytes each, the schema's target takes {yl}")
             labels = None
         x_at = self.x_start
+        joined: dict[tuple[int, bool], tuple[bytes, bytes, int]] = {}  # (size, src?) -> (header middle, header tail + map, sum)
+        after_x: dict[int, bytes] = {}  # class label -> the record's bytes after the input, up to the source name
         for i in range(n):
             key = b"%09d" % (first_key + i)
             xb = xbuf[i * xl : (i + 1) * xl]
             if labels is not None:
                 label = labels[i]
-                yfield = self._labels.get(label) or self._label(label)
-                y_hash, ylen_i = 0, 0
+                rest = after_x.get(label)
+                if rest is None:
+                    rest = after_x[label] = mid + (self._labels.get(label) or self._label(label)) + tail
+                y_hash = ylen_i = 0
             else:
                 label = -1
                 yb = ybuf[i * yl : (i + 1) * yl]  # type: ignore[index]
-                yfield = y_head
+                rest = b""
                 y_hash = xxh(yb) if yl else 0
                 ylen_i = yl
-            if names is not None:
-                s = src_f + _pack(names[i])
-                first = map9
-            else:
-                s = b""
-                first = map8
-            size = x_at + xl + len(mid) + len(yfield) + ylen_i + len(tail) + len(s)
-            h_mid, h_tail, base = templates(size)
+            s = src_f + _pack(names[i]) if names is not None else b""
+            size = x_at + xl + (len(rest) if labels is not None else len(mid) + len(y_head) + yl + len(tail)) + len(s)
+            t = joined.get((size, bool(s)))
+            if t is None:
+                h_mid, h_tail, base = templates(size)
+                t = joined[(size, bool(s))] = (_SUFFIX + h_mid, h_tail + (map9 if s else map8), base)
             pos = offset + BLOCK
-            y_off = pos + x_at + xl + len(mid) + len(y_head) if ylen_i else 0
             append(key)
-            append(_SUFFIX)
-            append(h_mid)
-            append(b"%06o\0 " % (base + sum(key)))
-            append(h_tail)
-            append(first)
+            append(t[0])
+            append(b"%06o\0 " % (t[2] + sum(key)))
+            append(t[1])
             append(key)
             append(x_head)
             append(xb)
-            append(mid)
-            append(yfield)
-            if ylen_i:
+            if labels is not None:
+                append(rest)
+                y_off = 0
+            else:
+                append(mid)
+                append(y_head)
                 append(yb)
-            append(tail)
+                append(tail)
+                y_off = pos + x_at + xl + len(mid) + len(y_head)
             if s:
                 append(s)
             pad = -size % BLOCK
