@@ -166,6 +166,9 @@ class AISegmentSource(Source):
     def item_name(self, item: Any) -> str:
         return str(item)
 
+    def batch_items(self) -> int:
+        return 8  # 24 crops in every variant: about 12 MiB for both
+
     def load(self, item: Any) -> list[Sample]:
         rel = str(item)
         mrel = matte_path(rel)
