@@ -33,7 +33,8 @@ from .. import format as fmt
 from ..errors import BadInput, SettingsError
 from ..preprocess import OffGridError, float_to_uint8
 
-__all__ = ["BadInput", "Columns", "Inputs", "Loaded", "OutputSpec", "Sample", "Source", "check_fractions", "input_as_uint8"]
+__all__ = ["BadInput", "Columns", "Inputs", "Loaded", "OutputSpec", "Sample", "Source", "check_fractions", "class_names",
+           "decide_range", "input_as_uint8"]
 
 
 def input_as_uint8(x: np.ndarray, input_range: str, name: str) -> np.ndarray:
@@ -56,6 +57,40 @@ def check_fractions(test_fraction: float, val_fraction: float) -> None:
     if test_fraction + val_fraction >= 1:
         raise SettingsError(f"--test-fraction {test_fraction} + --val-fraction {val_fraction} leave no train split; "
                             "their sum must be below 1")
+
+
+def decide_range(found: str | None, given: str, what: str) -> str:
+    """The input range: ``found`` (what the data says, :func:`~shardwriter.preprocess.input_range_of`) unless ``given``;
+    a data that cannot tell, or that contradicts ``given``, is a SettingsError naming ``what`` and the flag to pass."""
+    if given == "auto":
+        if found is None:
+            raise SettingsError(f"{what}: the float inputs fit both ai8x ranges (only -1 and 0); "
+                                "pass --input-range unit ((p-128)/128) or --input-range 8bit (p-128)")
+        return found
+    if found is not None and found != given:
+        why = "values outside [-1, 1)" if found == "8bit" else "values that are not whole numbers"
+        raise SettingsError(f"--input-range {given}, but {what} holds {why}: it is in the {found} range; "
+                            f"pass --input-range {found} (or auto)")
+    return given
+
+
+def class_names(classes: list[Any] | int | None, target: str, target_shape: tuple[int, ...]) -> list[Any] | None:
+    """The ``classes`` option as a list (a count N: 0..N-1), None when not given; a regression target's names.
+
+    A regression target takes no classes (SettingsError) and is named ``y`` (scalar) or ``y0..yK``.
+    """
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        if classes < 1:
+            raise SettingsError(f"--classes {classes}: a dataset has at least one class")
+        classes = list(range(classes))
+    if target == "regression":
+        if classes is not None:
+            raise SettingsError("--classes applies to class and mask targets; this is a regression target")
+        n = math.prod(target_shape)
+        return [f"y{i}" for i in range(n)] if target_shape else ["y"]
+    if classes is not None and not list(classes):
+        raise SettingsError("--classes: give at least one class")
+    return None if classes is None else list(classes)
 
 
 @dataclass(frozen=True)

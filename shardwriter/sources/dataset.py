@@ -36,7 +36,7 @@ import xxhash
 from .. import format as fmt
 from ..errors import BadInput, PackError, SettingsError
 from ..preprocess import OffGridError, float_to_uint8, input_range_of
-from .base import Inputs, OutputSpec, Sample, Source
+from .base import Inputs, OutputSpec, Sample, Source, class_names, decide_range
 
 _CACHE: dict[tuple[str, str], dict[str, Any]] = {}
 TARGETS = ("auto", "class", "mask", "regression")
@@ -222,34 +222,16 @@ class DatasetSource(Source):
                             "ai8x-normalized floats (convert in the dataset)")
         found = [r for r in (input_range_of(a) for a in arrs if a.dtype.kind == "f") if r]
         decided = "8bit" if "8bit" in found else (found[0] if found else None)
-        if input_range == "auto":
-            if decided is None:
-                raise SettingsError(f"{self.described}: the first {len(arrs)} inputs fit both ai8x ranges (only -1 and 0); "
-                                    "pass --input-range unit ((p-128)/128) or --input-range 8bit (p-128)")
-            return decided
-        if decided is not None and decided != input_range:
-            raise SettingsError(f"--input-range {input_range}, but the first inputs of {self.described} are in the "
-                                f"{decided} range; pass --input-range {decided} (or auto)")
-        return input_range
+        return decide_range(decided, input_range, f"{self.described} (its first {len(arrs)} inputs)")
 
     def _resolve_classes(self, classes: list[Any] | int | None, y0: Any) -> list[Any]:
-        if isinstance(classes, int) and not isinstance(classes, bool):
-            if classes < 1:
-                raise SettingsError(f"--classes {classes}: a dataset has at least one class")
-            classes = list(range(classes))
-        if self.target == "regression":
-            if classes is not None:
-                raise SettingsError("--classes applies to class and mask targets; this is a regression target")
-            n = int(np.asarray(y0).size)
-            return [f"y{i}" for i in range(n)] if np.asarray(y0).ndim else ["y"]
-        if classes is None:
-            classes = getattr(self._splits["train"], "classes", None)
-        if classes is None:
+        given = class_names(classes, self.target, tuple(np.asarray(y0).shape))
+        if given is not None or self.target == "regression":
+            return given  # type: ignore[return-value]
+        found = getattr(self._splits["train"], "classes", None)
+        if found is None:
             raise SettingsError(f"{self.described}: the dataset has no .classes attribute; pass --classes N or --classes a,b,c")
-        classes = list(classes)
-        if not classes:
-            raise SettingsError("--classes: give at least one class")
-        return classes
+        return class_names(list(found), self.target, ()) or []
 
     def _x(self, x: Any, name: str) -> np.ndarray:
         arr = _to_numpy(x)

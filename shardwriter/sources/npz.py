@@ -34,7 +34,7 @@ import xxhash
 from .. import format as fmt
 from ..errors import PackError, SettingsError
 from ..preprocess import input_range_of, split_of
-from .base import Columns, Inputs, Loaded, OutputSpec, Sample, Source, check_fractions
+from .base import Columns, Inputs, Loaded, OutputSpec, Sample, Source, check_fractions, class_names, decide_range
 
 LAYOUTS = ("auto", "chw", "hwc", "hw")
 TARGETS = ("auto", "class", "mask", "regression")
@@ -239,23 +239,14 @@ class NpzSource(Source):
         return y.reshape(len(y)).astype(np.int64) if self.target == "class" else y
 
     def _resolve_classes(self, classes: list[Any] | int | None) -> list[Any]:
-        if isinstance(classes, int) and not isinstance(classes, bool):
-            if classes < 1:
-                raise SettingsError(f"--classes {classes}: a dataset has at least one class")
-            classes = list(range(classes))
+        given = class_names(classes, self.target, self._target_shape())
         if self.target == "regression":
-            if classes is not None:
-                raise SettingsError("--classes applies to class and mask targets; y is a regression target")
-            _, y, _ = self._first()
-            n = int(np.prod(y.shape[1:], dtype=np.int64))
-            return [f"y{i}" for i in range(n)] if y.ndim > 1 else ["y"]
+            return given  # type: ignore[return-value]
         tops = [int(self._labels(k).max()) for k in self.files if self._y[k].size]
         top = max(tops) if tops else 0
-        if classes is None:
+        if given is None:
             return list(range(max(top, 0) + 1))
-        classes = list(classes)
-        if not classes:
-            raise SettingsError("--classes: give at least one class name")
+        classes = given
         if top >= len(classes):
             key = next(k for k in self.files if self._y[k].size and int(self._labels(k).max()) == top)
             i = int(np.flatnonzero(self._labels(key).reshape(len(self._y[key]), -1).max(axis=1) == top)[0])
@@ -279,16 +270,7 @@ class NpzSource(Source):
                 found = found or got
             if found == "8bit":
                 break
-        if input_range == "auto":
-            if found is None:
-                raise SettingsError(f"{where}: x holds floats that fit both ai8x ranges (only -1 and 0); "
-                                    "pass --input-range unit ((p-128)/128) or --input-range 8bit (p-128)")
-            return found
-        if found is not None and found != input_range:
-            why = "values outside [-1, 1)" if found == "8bit" else "values that are not whole numbers"
-            raise SettingsError(f"--input-range {input_range}, but {where} holds {why}: it is in the {found} range; "
-                                f"pass --input-range {found} (or auto)")
-        return input_range
+        return decide_range(found, input_range, where)
 
     def _target_shape(self) -> tuple[int, ...]:
         _, y, _ = self._first()
