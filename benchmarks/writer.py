@@ -112,6 +112,7 @@ def measure_writer(work: Path | None = None, small: int = 20_000, images: int = 
     if work is None:
         tmp = tempfile.mkdtemp(prefix="ai8x-shards-writer-bench-")
         work = Path(tmp)
+    machine = _machine()
     try:
         srcs = make_sources(work, small, images)
         runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -130,18 +131,21 @@ def measure_writer(work: Path | None = None, small: int = 20_000, images: int = 
                          "samples_per_s": best["samples"] / best["wall"], "cpu_per_sample_us": 1e6 * best["cpu"] / best["samples"],
                          "walls": [r["wall"] for r in rs], "identical": len({r["digest"] for (c, _), v in runs.items()
                                                                              if c == case for r in v}) == 1})
-        return {"small": small, "images": images, "passes": passes, "rows": rows, "machine": _machine()}
+        return {"small": small, "images": images, "passes": passes, "rows": rows, "machine": machine, "load_after": _load()}
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _machine() -> str:
+def _load() -> str:
     try:
-        load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
-        load = "?"
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average before: {load}"
+        return "?"
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, load average before: {_load()}"
 
 
 def render_markdown(results: dict[str, Any]) -> str:
@@ -154,7 +158,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## Writer: packing speed",
         "",
         f"`python -m benchmarks.writer --small {results['small']} --images {results['images']} --passes {results['passes']}` "
-        f"({results['machine']}). Each run a fresh subprocess packing into an empty folder; wall time from making the "
+        f"({results['machine']}; after: {results.get('load_after', '?')}). Each run a fresh subprocess packing into an empty folder; wall time from making the "
         "source to the manifest (imports excluded), CPU seconds of the process and its workers; best of the passes.",
         "",
         "| case | workers | samples | wall s | samples/s | CPU s (workers included) | CPU µs per sample | speed-up vs 1 worker | same bytes |",
