@@ -34,6 +34,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -696,7 +697,11 @@ def _execute(ctx: Context, work: list[tuple[Any, Any]], workers: int, on_result:
                     seen = value
                 for f in done:
                     tag = running.pop(f)
-                    result = f.result()
+                    try:
+                        result = f.result()
+                    except BrokenProcessPool:
+                        raise PackError("a worker process died while packing (killed, or out of memory?); run the same "
+                                        "command again to resume, with fewer --workers if memory is short") from None
                     for t, a in on_result(tag, result):
                         submit(t, a)
         except BaseException:
