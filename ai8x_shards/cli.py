@@ -12,89 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from shardwriter import __version__
 from shardwriter.errors import SettingsError, ShardsError, exit_code
 
-
-def _size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return (int(w), int(h or w))
-
-
-def _classes(text: str | None) -> list[Any] | None:
-    if text is None:
-        return None
-    if text.isdigit():
-        return list(range(int(text)))
-    return [c.strip() for c in text.split(",")]
-
-
-def _variants(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or any(s not in (80, 352) for s in sizes):
-        raise argparse.ArgumentTypeError(f"expected 80, 352 or 80,352 (the AISegment_80 / AISegment_352 datasets), not {text!r}")
-    return sizes
-
-
-def _add_pack(sub: Any) -> None:
-    p = sub.add_parser("pack", help="pack a source into a shard dataset folder")
-    p.add_argument("kind", choices=["npz", "imagefolder", "dataset", "aisegment"], help="source kind")
-    p.add_argument("src", help="source: .npz file or folder, image folder, or module:function")
-    p.add_argument("out", help="output dataset folder, or s3://BUCKET/PREFIX / gs://BUCKET/PREFIX")
-    p.add_argument("--name", default="", help="dataset name recorded in the manifest")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (output is identical for any N)")
-    p.add_argument("--max-count", type=int, default=10_000, help="samples per shard at most")
-    p.add_argument("--max-bytes", type=int, default=256 << 20, help="bytes per shard at most")
-    p.add_argument("--skip-bad", action="store_true", help="skip bad inputs, recording them in the manifest")
-    p.add_argument("--overwrite", action="store_true", help="replace a different dataset already in OUT")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--fold", type=int, default=1, help="fold ratio r (ai8x channel order)")
-    p.add_argument("--classes", help="class names (a,b,c) or a count")
-    p.add_argument("--test-fraction", type=float, default=0.1, help="test share when SRC is not pre-split")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="val share when SRC is not pre-split")
-    p.add_argument("--size", type=_size, help="imagefolder: resize to WxH (or N for NxN)")
-    p.add_argument("--mode", default="RGB", choices=["RGB", "L"], help="imagefolder: colour mode")
-    p.add_argument("--layout", default="chw", choices=["chw", "hwc", "hw"], help="npz: layout of x")
-    p.add_argument("--input-range", default="auto", choices=["auto", "unit", "8bit"], help="float inputs: ai8x range")
-    p.add_argument("--data-dir", default=".", help="dataset: data_dir handed to an ai8x loader function")
-    p.add_argument("--variants", type=_variants, default=(80, 352),
-                   help="aisegment: comma-separated sizes to write, each its own folder (default 80,352)")
-
-
-def _source(a: argparse.Namespace) -> Any:
-    from shardwriter.sources import AISegmentSource, DatasetSource, ImageFolderSource, NpzSource
-
-    common = {"name": a.name}
-    if a.kind == "aisegment":
-        return AISegmentSource(a.src, variants=a.variants, test_fraction=a.test_fraction, val_fraction=a.val_fraction)
-    if a.kind == "npz":
-        return NpzSource(a.src, layout=a.layout, fold_ratio=a.fold, classes=_classes(a.classes), input_range=a.input_range,
-                         test_fraction=a.test_fraction, val_fraction=a.val_fraction, **common)
-    if a.kind == "imagefolder":
-        return ImageFolderSource(a.src, size=a.size, mode=a.mode, fold_ratio=a.fold, test_fraction=a.test_fraction,
-                                 val_fraction=a.val_fraction, **common)
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    return DatasetSource(a.src, data_dir=a.data_dir, classes=_classes(a.classes), input_range=a.input_range, **common)
-
-
-def cmd_pack(a: argparse.Namespace) -> int:
-    from shardwriter.storage import staged_output
-
-    with staged_output(a.out, overwrite=a.overwrite) as out:  # a bucket URL: pack locally, upload, manifest last
-        from shardwriter.pack import pack
-
-        manifests = pack(_source(a), out, workers=a.workers, max_count=a.max_count, max_bytes=a.max_bytes,
-                         skip_bad=a.skip_bad, quiet=True if a.quiet else None, overwrite=a.overwrite)
-    for m in manifests:
-        counts = ", ".join(f"{name} {s.count}" for name, s in m.splits.items())
-        print(f"packed {m.name}: {counts} samples; skipped {len(m.skipped)} -> {a.out}")
-    return 0
+from .pack_command import add_pack_parsers
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -190,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ai8x-shards", description="Fast data loading for ai8x-training (MAX78000/MAX78002).")
     ap.add_argument("--version", action="version", version=f"ai8x-shards {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
-    _add_pack(sub)
+    add_pack_parsers(sub)
     for name, fn, text in (
         ("info", cmd_info, "summarise a dataset folder"),
         ("verify", cmd_verify, "check every shard, sample and index; non-zero exit on any problem"),
@@ -229,7 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="see ai8x-shards bench --help")
     p.set_defaults(func=cmd_bench)
-    sub.choices["pack"].set_defaults(func=cmd_pack)
     return ap
 
 

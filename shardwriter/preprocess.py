@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import xxhash
 from PIL import Image
 
 
@@ -66,6 +67,23 @@ def image_to_chw(image: Image.Image, mode: str, size: tuple[int, int] | None, fo
     return fold(hwc_to_chw(np.asarray(image, dtype=np.uint8)), fold_ratio)
 
 
+def input_range_of(x: np.ndarray) -> str | None:
+    """Which ai8x range float inputs ``x`` are in: ``"8bit"``, ``"unit"``, or None when they cannot tell.
+
+    Values outside [-1, 127/128] only occur in the 8-bit range (``p - 128``); values that are
+    not whole numbers only in the unit range (``(p - 128) / 128``). Inputs holding neither
+    (only -1 and 0, say a flat grey image) fit both.
+    """
+    v = np.asarray(x)
+    if not v.size:
+        return None
+    if float(v.max()) > 127 / 128 or float(v.min()) < -1:
+        return "8bit"
+    if bool((v != np.round(v)).any()):
+        return "unit"
+    return None
+
+
 def float_to_uint8(x: np.ndarray, input_range: str = "auto") -> np.ndarray:
     """Losslessly turn ai8x-normalized floats back into the uint8 pixels they came from.
 
@@ -99,3 +117,14 @@ def split_of(name: str, test_fraction: float, val_fraction: float = 0.0) -> str:
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+def shuffle_order(names: list[str], seed: int) -> list[int]:
+    """The write-time shuffle: positions of ``names`` sorted by XXH3-64 of each name with ``seed``.
+
+    A pure function of the names and the seed (ties keep their order), the same on every
+    machine and with every numpy, so parts packed on different machines agree.
+    """
+    h = xxhash.xxh3_64_intdigest
+    keys = [h(n.encode("utf-8"), seed) for n in names]
+    return sorted(range(len(names)), key=keys.__getitem__)

@@ -229,7 +229,7 @@ def summary(m: fmt.Manifest) -> dict[str, Any]:
 
 def warnings_of(m: fmt.Manifest) -> list[str]:
     """What a user should know before training on this dataset."""
-    out = [f"split {name} is empty" for name, s in m.splits.items() if s.count == 0]
+    out = [f"split {name} is empty" for name, s in m.splits.items() if s.count == 0] + list(m.warnings)
     if not m.hashed:
         out.append("format 1: samples carry no checksums, so damaged shards can go unnoticed; "
                    "run ai8x-shards reindex on the folder to upgrade it to format 2")

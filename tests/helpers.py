@@ -79,7 +79,8 @@ def make_dataset(directory: Path, n: int, *, shape=(1, 4, 4), max_count: int = 5
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / "src.npz", x=x, y=y)
     out = directory / "ds"
-    pack(NpzSource(directory / "src.npz", test_fraction=0.0), out, max_count=max_count, quiet=True)
+    npz = NpzSource(directory / "src.npz", test_fraction=0.0, layout="chw", target=target)
+    pack(npz, out, max_count=max_count, shuffle=False, quiet=True)
     return out
 
 

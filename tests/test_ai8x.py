@@ -51,7 +51,7 @@ def checkout(tmp_path_factory):
     """Synthetic raw AISegment, packed, and an ai8x-training-like checkout with the shim."""
     root = tmp_path_factory.mktemp("ai8x")
     raw = synth_aisegment(root / "raw", images=8, seed=3)
-    pack(AISegmentSource(raw, test_fraction=0.3), root / "data", max_count=7, quiet=True)
+    pack(AISegmentSource(raw, test_fraction=0.3), root / "data", max_count=7, shuffle=False, quiet=True)
     repo = root / "ai8x-training"
     (repo / "datasets").mkdir(parents=True)
     (repo / "train.py").write_text("# stand-in\n")

@@ -45,7 +45,7 @@ def segmentation(root, r: int, n: int = N, side: int = 16):
     y = (x[:, 0] >> 7).astype(np.uint8)
     root.mkdir(parents=True, exist_ok=True)
     np.savez(root / "src.npz", x=x, y=y)
-    pack(NpzSource(root / "src.npz", fold_ratio=r, test_fraction=0.0), root / "ds", max_count=7, quiet=True)
+    pack(NpzSource(root / "src.npz", fold_ratio=r, test_fraction=0.0, layout="chw"), root / "ds", max_count=7, shuffle=False, quiet=True)
     return root / "ds", x, y
 
 
@@ -301,7 +301,7 @@ def test_setting_mistakes_raise_at_construction_and_bad_outputs_name_the_callabl
     with pytest.raises(SettingsError, match="RandomAffine acts on images"):
         rng = np.random.default_rng(0)
         np.savez(tmp_path / "kws.npz", x=rng.integers(0, 256, (6, 8, 32), dtype=np.uint8), y=np.arange(6) % 2)
-        pack(NpzSource(tmp_path / "kws.npz", test_fraction=0.0), tmp_path / "kws", quiet=True)
+        pack(NpzSource(tmp_path / "kws.npz", test_fraction=0.0, layout="chw"), tmp_path / "kws", shuffle=False, quiet=True)
         StreamingShardDataset(tmp_path / "kws", augment=RandomAffine(10))
     # 1-D data (C, L): shifted in time, noise; the callable sees (L, C).
     st = StreamingShardDataset(tmp_path / "kws", output="uint8", batch_size=6, shuffle=False,

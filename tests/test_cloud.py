@@ -59,7 +59,7 @@ def data(tmp_path_factory):
     arrays = {"train": tagged(N_TRAIN, 1), "test": tagged(N_TEST, 2)}
     for split, (x, y) in arrays.items():
         np.savez(src / f"{split}.npz", x=x, y=y)
-    pack(NpzSource(src, classes=list(range(5))), root / "www" / "ds", max_count=PER_SHARD, quiet=True)
+    pack(NpzSource(src, classes=list(range(5))), root / "www" / "ds", max_count=PER_SHARD, shuffle=False, quiet=True)
     return root, root / "www" / "ds", arrays
 
 
@@ -642,7 +642,7 @@ def test_pack_to_a_bucket_via_staging_and_overwrite_rules(data, s3_env, tmp_path
     url = f"s3://{BUCKET}/packed"
     with storage.staged_output(url) as out:
         assert env_cache in out.parents
-        pack(NpzSource(root / "src", classes=list(range(5))), out, max_count=PER_SHARD, quiet=True)
+        pack(NpzSource(root / "src", classes=list(range(5))), out, max_count=PER_SHARD, shuffle=False, quiet=True)
     assert not out.exists()  # uploaded, then removed
     assert verify(url) == []
     assert_same_dataset(ds, url, "train")
@@ -651,9 +651,9 @@ def test_pack_to_a_bucket_via_staging_and_overwrite_rules(data, s3_env, tmp_path
     np.savez(other / "train.npz", x=tagged(10, 9)[0], y=np.zeros(10, np.int64))
     with pytest.raises(StorageError, match="already holds a different dataset"):
         with storage.staged_output(url) as out:
-            pack(NpzSource(other, classes=list(range(5))), out, quiet=True)
+            pack(NpzSource(other, classes=list(range(5))), out, shuffle=False, quiet=True)
     with storage.staged_output(url, overwrite=True) as out:
-        pack(NpzSource(other, classes=list(range(5))), out, overwrite=True, quiet=True)
+        pack(NpzSource(other, classes=list(range(5))), out, overwrite=True, shuffle=False, quiet=True)
     m = open_store(url).read_manifest()
     assert sum(s.count for s in m.splits.values()) == 10 and verify(url) == []
     with pytest.raises(MissingError, match="no such object"):  # the old dataset's extra shards are gone

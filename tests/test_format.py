@@ -215,3 +215,34 @@ def test_sample_hashes_cover_input_bytes_and_label():
 
 def test_class_weights_are_inverse_frequency():
     assert fmt.class_weights([30, 10, 0]) == [round(40 / 90, 6), round(40 / 30, 6), 0.0]
+
+
+@pytest.mark.parametrize("kind, classes, tshape", [("class", 10, None), ("class", 300, None), ("mask", 3, (4, 5)),
+                                                   ("regression", 1, (3,)), ("regression", 1, ())])
+def test_the_batch_encoder_writes_exactly_the_one_sample_bytes(kind, classes, tshape):
+    rng = np.random.default_rng(2)
+    schema = fmt.Schema((3, 4, 5), fmt.Target(kind, tshape), tuple(range(classes)))
+    enc = fmt.MemberEncoder(schema)
+    n = 40
+    x = rng.integers(0, 256, (n, 3, 4, 5), dtype=np.uint8)
+    y = (rng.integers(0, classes, n) if kind == "class" else rng.integers(0, classes, (n, *tshape)).astype(np.uint8)
+         if kind == "mask" else rng.standard_normal((n, *tshape)).astype(np.float32))
+    names = [f"{'é' * i}{'x' * (7 * i)}[{i}]" for i in range(n)]  # names of every msgpack str header size
+    for with_names in (names, None):
+        parts, rows = [], []
+        end = enc.encode(7, 1024, x, y, with_names, parts, rows)
+        want, want_rows, pos = [], [], 1024
+        for i in range(n):
+            yi = int(y[i]) if kind == "class" else y[i]
+            rec = fmt.encode_record(fmt.sample_key(7 + i), x[i], kind, yi, with_names[i] if with_names else None)
+            member = fmt.member_bytes(fmt.sample_key(7 + i) + fmt.MEMBER_SUFFIX, rec.payload)
+            want_rows.append(fmt.index_row(pos + fmt.BLOCK, rec))
+            want.append(member)
+            pos += len(member)
+            assert enc.member_size(with_names[i] if with_names else None, int(y[i]) if kind == "class" else 0) == len(member)
+        assert b"".join(parts) == b"".join(want) and rows == want_rows and end == pos
+    sizes = enc.member_sizes(np.array([len(nm.encode()) for nm in names]), y if kind == "class" else None)
+    assert sizes.tolist() == [enc.member_size(nm, int(y[i]) if kind == "class" else 0) for i, nm in enumerate(names)]
+    payload = fmt.encode_record(fmt.sample_key(5), x[0], kind, int(y[0]) if kind == "class" else y[0], "a").payload
+    again = fmt.encode_record(fmt.sample_key(123), x[0], kind, int(y[0]) if kind == "class" else y[0], "a").payload
+    assert fmt.with_key(payload, fmt.sample_key(123)) == again

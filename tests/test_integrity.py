@@ -56,7 +56,7 @@ def base(tmp_path_factory):
     x, y = helpers.tagged(N, 3, SHAPE)
     np.savez(src / "train.npz", x=x, y=y)
     np.savez(src / "test.npz", x=x[:10], y=y[:10])
-    pack(NpzSource(src, classes=list(range(CLASSES))), root / "ds", max_count=PER_SHARD, quiet=True)
+    pack(NpzSource(src, classes=list(range(CLASSES))), root / "ds", max_count=PER_SHARD, shuffle=False, quiet=True)
     return root / "ds", x, y
 
 
@@ -273,7 +273,7 @@ def test_one_flipped_bit_in_a_mask(tmp_path):
     x, _ = helpers.tagged(30, 4, SHAPE)
     masks = rng.integers(0, 3, (30, 8, 8)).astype(np.uint8)
     np.savez(tmp_path / "m.npz", x=x, y=masks)
-    pack(NpzSource(tmp_path / "m.npz", test_fraction=0.0), tmp_path / "m", max_count=10, quiet=True)
+    pack(NpzSource(tmp_path / "m.npz", test_fraction=0.0, layout="chw"), tmp_path / "m", max_count=10, shuffle=False, quiet=True)
     r = rows(tmp_path / "m", "train-000001.tar")[4]
     flip(tmp_path / "m" / "train-000001.tar", int(r["y_off"]) + 9)
     ms = ShardDataset(tmp_path / "m", "train")

@@ -36,7 +36,7 @@ def data(tmp_path_factory):
     arrays = {"train": tagged(N_TRAIN, 1), "test": tagged(N_TEST, 2), "val": tagged(20, 3)}
     for split, (x, y) in arrays.items():
         np.savez(src / f"{split}.npz", x=x, y=y)
-    pack(NpzSource(src, classes=list(range(5))), root / "ds", max_count=37, quiet=True)
+    pack(NpzSource(src, classes=list(range(5))), root / "ds", max_count=37, shuffle=False, quiet=True)
     return root / "ds", arrays
 
 
@@ -142,7 +142,7 @@ def test_masks_and_regression_targets(tmp_path):
     x = rng.integers(0, 256, (12, 1, 6, 6), dtype=np.uint8)
     masks = rng.integers(0, 2, (12, 6, 6)).astype(np.uint8)
     np.savez(tmp_path / "m.npz", x=x, y=masks)
-    pack(NpzSource(tmp_path / "m.npz", test_fraction=0.0), tmp_path / "m", max_count=5, quiet=True)
+    pack(NpzSource(tmp_path / "m.npz", test_fraction=0.0, layout="chw"), tmp_path / "m", max_count=5, shuffle=False, quiet=True)
     ds = ShardDataset(tmp_path / "m", "train")
     for i in range(12):
         assert ds[i][1].dtype == torch.int64 and np.array_equal(ds[i][1].numpy(), masks[i])
@@ -150,7 +150,7 @@ def test_masks_and_regression_targets(tmp_path):
     assert targets.shape == (3, 6, 6) and np.array_equal(targets.numpy(), masks[[11, 0, 6]])
     reg = rng.standard_normal((12, 3)).astype(np.float32)
     np.savez(tmp_path / "r.npz", x=x, y=reg)
-    pack(NpzSource(tmp_path / "r.npz", test_fraction=0.0), tmp_path / "r", quiet=True)
+    pack(NpzSource(tmp_path / "r.npz", test_fraction=0.0, layout="chw", target="regression"), tmp_path / "r", shuffle=False, quiet=True)
     rd = ShardDataset(tmp_path / "r", "train")
     assert rd[4][1].dtype == torch.float32 and np.array_equal(rd[4][1].numpy(), reg[4])
 
@@ -185,7 +185,7 @@ def test_worker_batches_travel_as_uint8_and_arrive_bit_exact(tmp_path, act_mode_
     x = rng.integers(0, 256, (40, 3, 8, 8), dtype=np.uint8)
     masks = rng.integers(0, 3, (40, 8, 8)).astype(np.uint8)
     np.savez(tmp_path / "m.npz", x=x, y=masks)
-    pack(NpzSource(tmp_path / "m.npz", test_fraction=0.0), tmp_path / "m", max_count=9, quiet=True)
+    pack(NpzSource(tmp_path / "m.npz", test_fraction=0.0, layout="chw"), tmp_path / "m", max_count=9, shuffle=False, quiet=True)
     ds = ShardDataset(tmp_path / "m", "train", act_mode_8bit=SimpleNamespace(act_mode_8bit=act_mode_8bit))
     got = list(DataLoader(ds, batch_size=8, num_workers=2, collate_fn=spy_collate))
     assert {name for name, _ in got} == {"_InTransit"}  # the worker sent uint8, not floats

@@ -3,13 +3,15 @@
 This package is the only place that knows the bytes: names (:mod:`.names`), the sample
 schema (:mod:`.schema`), records and per-sample hashes (:mod:`.records`), the ustar
 framing (:mod:`.tar`), the per-shard index (:mod:`.index`) and the typed manifest
-(:mod:`.manifest`). Everything here is pure (bytes in, values out) except
+(:mod:`.manifest`); :mod:`.batch` encodes many samples at once, byte for byte as the
+one-sample functions do. Everything here is pure (bytes in, values out) except
 :func:`iter_tar_members` and :func:`build_index`, which read a file object sequentially.
 ``docs/FORMAT.md`` describes the same contract in prose; keep the two in step and bump
 :data:`FORMAT_VERSION` on any incompatible change.
 """
 
 from ..errors import FormatError, IntegrityError
+from .batch import MemberEncoder, with_key
 from .index import (
     INDEX_DTYPE,
     INDEX_DTYPES,
@@ -25,6 +27,7 @@ from .index import (
 )
 from .manifest import (
     FORMAT_VERSION,
+    MAX_SEED,
     READABLE_VERSIONS,
     FileEntry,
     Manifest,
@@ -97,9 +100,11 @@ __all__ = [
     "KEY_DIGITS",
     "MANIFEST_NAME",
     "MAX_SAMPLE_BYTES",
+    "MAX_SEED",
     "MAX_SPLIT_SAMPLES",
     "MEMBER_SUFFIX",
     "Manifest",
+    "MemberEncoder",
     "Member",
     "READABLE_VERSIONS",
     "Record",
@@ -153,4 +158,5 @@ __all__ = [
     "tar_header",
     "tar_padding",
     "target_hash",
+    "with_key",
 ]

@@ -30,6 +30,8 @@ from .tar import BLOCK, TAR_END
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
+#: write-time shuffle seeds are unsigned 64-bit integers (the XXH3 seed)
+MAX_SEED = 2**64 - 1
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _XXH3_RE = re.compile(r"^[0-9a-f]{32}$")
 #: The smallest member: a header and one block of payload.
@@ -128,6 +130,14 @@ class Manifest:
     fingerprint: str = ""
     skipped: tuple[Skipped, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: what :attr:`fingerprint` covers, in words (e.g. "names, sizes and mtime_ns of 69 files")
+    source_covers: str = ""
+    #: the pack options that shaped the data (shard limits, shuffle seed, source options)
+    source_options: Mapping[str, Any] = field(default_factory=dict)
+    #: the write-time shuffle seed; None: samples in source order (and in manifests before the field)
+    shuffle_seed: int | None = None
+    #: what the writer reported about the inputs (empty class folders, files that are not images, ...)
+    warnings: tuple[str, ...] = ()
 
     # -- derived facts every reader needs, computed in one place
     @property
@@ -198,7 +208,10 @@ class Manifest:
             "classes": list(self.schema.classes),
             "regression": self.regression,
             "splits": {name: s.to_json() for name, s in self.splits.items()},
-            "source": {"kind": self.source_kind, "fingerprint": self.fingerprint},
+            "source": {"kind": self.source_kind, "fingerprint": self.fingerprint, "covers": self.source_covers,
+                       "options": dict(self.source_options)},
+            "shuffle": None if self.shuffle_seed is None else {"seed": self.shuffle_seed},
+            "warnings": list(self.warnings),
             "skipped": {"count": len(self.skipped), "inputs": [{"split": r.split, "name": r.name, "reason": r.reason} for r in self.skipped]},
         })
         if self.version >= 2:
@@ -335,8 +348,15 @@ def manifest_from_json(obj: Any, where: str) -> Manifest:
         skipped.append(Skipped(f.get("split", str), f.get("name", str), f.get("reason", str)))
     if sk.int("count", default=len(skipped)) != len(skipped):
         raise sk.fail("count", f"is {sk.obj['count']}, but {len(skipped)} inputs are listed")
+    shuffle = top.get("shuffle", (dict, type(None)), None)
+    seed = None
+    if shuffle is not None:
+        seed = _Fields(shuffle, where, "shuffle").int("seed", 0, MAX_SEED)
+    warns = top.get("warnings", list, [])
+    if not all(isinstance(w, str) for w in warns):
+        raise top.fail("warnings", "must be a list of strings")
     known = {"format", "format_version", "sample_hash", "input_dtype", "target", "classes", "input_shape", "regression",
-             "splits", "source", "skipped", "created_by", "name", "variant", "preprocessing"}
+             "splits", "source", "skipped", "created_by", "name", "variant", "preprocessing", "shuffle", "warnings"}
     return Manifest(
         version=version,
         schema=schema,
@@ -349,6 +369,10 @@ def manifest_from_json(obj: Any, where: str) -> Manifest:
         fingerprint=src.get("fingerprint", str, ""),
         skipped=tuple(skipped),
         extra={k: v for k, v in obj.items() if k not in known},
+        source_covers=src.get("covers", str, ""),
+        source_options=src.get("options", dict, {}),
+        shuffle_seed=seed,
+        warnings=tuple(warns),
     )
 
 

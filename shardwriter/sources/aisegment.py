@@ -30,16 +30,18 @@ share a split.
 
 from __future__ import annotations
 
-import hashlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xxhash
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import SettingsError
 from ..preprocess import image_to_chw, split_of
-from .base import BadInput, OutputSpec, Sample, Source
+from .base import BadInput, Inputs, OutputSpec, Sample, Source, check_fractions
 
 IMAGE_ROOT = "clip_img"
 MATTE_ROOT = "matting"
@@ -76,12 +78,15 @@ def crop_box(k: int) -> tuple[float, float, float, float]:
 
 
 def _variant_list(variants: Any) -> list[int]:
-    sizes = [int(v) for v in variants]
+    try:
+        sizes = [int(v) for v in ([variants] if isinstance(variants, int) else variants)]
+    except (TypeError, ValueError):
+        raise SettingsError(f"--variants {variants!r}: expected sizes from {sorted(VARIANTS)}") from None
     if not sizes:
-        raise ValueError("variants: give at least one of 80, 352")
+        raise SettingsError("--variants: give at least one of 80, 352")
     for s in sizes:
         if s not in VARIANTS:
-            raise ValueError(f"variant {s} is not an ai8x-training AISegment dataset; choose from {sorted(VARIANTS)}")
+            raise SettingsError(f"variant {s} is not an ai8x-training AISegment dataset; choose from {sorted(VARIANTS)}")
     return sorted(set(sizes))
 
 
@@ -102,19 +107,27 @@ class AISegmentSource(Source):
         if not (src / IMAGE_ROOT).is_dir() and (src / "AISegment" / IMAGE_ROOT).is_dir():
             src = src / "AISegment"
         self.src = src
+        if not src.is_dir():
+            raise SettingsError(f"{src}: no such folder (SRC must hold {IMAGE_ROOT}/ and {MATTE_ROOT}/)")
         if not (src / IMAGE_ROOT).is_dir():
-            raise BadInput(str(src), f"no {IMAGE_ROOT}/ folder (SRC must hold {IMAGE_ROOT}/ and {MATTE_ROOT}/)")
+            raise SettingsError(f"{src}: no {IMAGE_ROOT}/ folder (SRC must hold {IMAGE_ROOT}/ and {MATTE_ROOT}/)")
         if not (src / MATTE_ROOT).is_dir():
-            raise BadInput(str(src), f"no {MATTE_ROOT}/ folder beside {IMAGE_ROOT}/ (SRC must hold both)")
+            raise SettingsError(f"{src}: no {MATTE_ROOT}/ folder beside {IMAGE_ROOT}/ (SRC must hold both)")
         self.variants = _variant_list(variants)
+        check_fractions(test_fraction, val_fraction)
         self.test_fraction, self.val_fraction = test_fraction, val_fraction
         images = sorted(p.relative_to(src).as_posix() for p in (src / IMAGE_ROOT).rglob("*.jpg") if p.is_file())
         if not images:
-            raise BadInput(str(src), f"no images found ({IMAGE_ROOT}/**/*.jpg)")
-        self.files: dict[str, list[str]] = {}
+            raise SettingsError(f"{src}: no images found ({IMAGE_ROOT}/**/*.jpg)")
+        self.files: dict[str, list[str]] = {"train": [], "test": []}
         for rel in images:
             self.files.setdefault(split_of(Path(rel).stem, test_fraction, val_fraction), []).append(rel)
+        if not self.files["train"]:
+            raise SettingsError(f"{src}: all {len(images)} images fall in test/val with --test-fraction {test_fraction} "
+                                f"--val-fraction {val_fraction}, so the train split would be empty; lower the fractions")
         self.specs = [self._spec(s) for s in self.variants]
+        for spec in self.specs:
+            spec.schema  # noqa: B018 - validates the schema now
 
     def _spec(self, size: int) -> OutputSpec:
         r = VARIANTS[size]
@@ -146,6 +159,15 @@ class AISegmentSource(Source):
 
     def plan(self) -> dict[str, list[Any]]:
         return {s: list(items) for s, items in self.files.items()}
+
+    def sample_names(self, item: Any) -> list[str]:
+        return [f"{item}#crop{k}" for k in range(NUM_CROPS)]
+
+    def item_name(self, item: Any) -> str:
+        return str(item)
+
+    def batch_items(self) -> int:
+        return 8  # 24 crops in every variant: about 12 MiB for both
 
     def load(self, item: Any) -> list[Sample]:
         rel = str(item)
@@ -197,15 +219,25 @@ class AISegmentSource(Source):
                 out.append(Sample(x, y, f"{rel}#crop{k}", spec.subdir))
         return out
 
-    def fingerprint_parts(self) -> dict[str, Any]:
-        h = hashlib.sha256()
+    def inputs(self, checksum: bool = False) -> Inputs:
+        lines, total = [], 0
         for split in sorted(self.files):
             for rel in self.files[split]:
-                mpath = self.src / matte_path(rel)
-                msize = mpath.stat().st_size if mpath.is_file() else -1
-                h.update(f"{split}\0{rel}\0{(self.src / rel).stat().st_size}\0{msize}\n".encode())
-        return {
-            "files": h.hexdigest(),
-            "variants": self.variants,
-            "fractions": [self.test_fraction, self.val_fraction],
-        }
+                line = f"{split}\0{rel}"
+                for path in (self.src / rel, self.src / matte_path(rel)):
+                    try:
+                        st = os.stat(path)
+                    except OSError:
+                        line += "\0-"
+                        continue
+                    total += st.st_size
+                    line += f"\0{st.st_size}\0{st.st_mtime_ns}"
+                    if checksum:
+                        line += "\0" + xxhash.xxh3_128_hexdigest(path.read_bytes())
+                lines.append(line)
+        covers = (f"names, sizes and mtime_ns{' and contents (xxh3-128)' if checksum else ''} of {len(lines)} images "
+                  "and their mattes")
+        return Inputs(xxhash.xxh3_128_hexdigest("\n".join(lines).encode()), covers, {"files": 2 * len(lines), "bytes": total})
+
+    def options(self) -> dict[str, Any]:
+        return {"variants": self.variants, "fractions": [self.test_fraction, self.val_fraction]}
