@@ -7,7 +7,7 @@ PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check -c $(CON
 
 .PHONY: venv demo test lint clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[test]'
 	touch $@

@@ -171,7 +171,18 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from benchmarks.run import main as bench_main  # imported only when benchmarking
+    """``ai8x-shards bench``: the benchmark, imported only here.
+
+    Installed (also ``pip install -e .``), it is ``ai8x_shards.benchmarks`` (the
+    repository's ``benchmarks/`` folder); from a checkout on ``sys.path`` without an
+    install, the top-level ``benchmarks`` package.
+    """
+    try:
+        from ai8x_shards.benchmarks.run import main as bench_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "ai8x_shards.benchmarks":
+            raise
+        from benchmarks.run import main as bench_main
 
     return bench_main(argv)
 
