@@ -9,6 +9,7 @@ import pytest
 from helpers import make_npz
 from PIL import Image
 
+from ai8x_shards.cli import main as cli
 from loaders import ShardDataset
 from loaders.preview import ALPHA, MIN_TILE, colour, legend, legend_box, pick_indices, preview, shown_indices
 from shardwriter import pack
@@ -111,3 +112,15 @@ def test_class_tiles_are_framed_in_their_class_colour(digits: tuple[Path, np.nda
     for k, i in enumerate(picked):
         x0 = GAP + k * (width + GAP)
         assert tuple(got[GAP + 1, x0 + 1]) == colour(int(labels[i])), f"tile {k} (sample {i}, class {labels[i]})"
+
+
+def test_cli_preview_prints_what_it_drew(digits: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out, labels = digits
+    png = tmp_path / "cli.png"
+    assert cli(["preview", str(out), "--split", "train", "-n", "4", "--seed", "7", "--classes", "1,2", "-o", str(png)]) == 0
+    said = capsys.readouterr().out
+    shown = shown_indices(png)
+    assert said.startswith(f"wrote {png}: 4 train sample(s): ") and said.strip().endswith(", ".join(map(str, shown)))
+    assert all(labels[i] in (1, 2) for i in shown)
+    assert cli(["preview", str(out), "--split", "train", "--indices", "3,4", "-o", str(png)]) == 0
+    assert shown_indices(png) == [3, 4]
