@@ -62,7 +62,7 @@ def test_the_wheel_installs_only_our_three_import_packages(wheel: Path) -> None:
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"ai8x_shards", "shardwriter", "loaders"}
     assert "ai8x_shards/benchmarks/run.py" in names and "ai8x_shards/benchmarks/measure.py" in names
-    assert "shardwriter/format/records.py" in names
+    assert "loaders/wds.py" in names and "shardwriter/format/records.py" in names
     dist = f"ai8x_shards-{__version__}.dist-info"
     assert any(n.startswith(f"{dist}/") and n.rsplit("/", 1)[-1] == "LICENSE" for n in names), "LICENSE travels with the wheel"
     with zipfile.ZipFile(wheel) as z:
