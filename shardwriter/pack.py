@@ -14,6 +14,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,13 +70,29 @@ def _load(item: Any) -> tuple[str, Any]:
         return "bad", (exc.name, exc.reason)
 
 
+def pool_context() -> Any:
+    """The start method of the worker pool: the platform's, but never a fork of a threaded process.
+
+    Where the default is ``fork`` (Linux before Python 3.14) and this process runs no other
+    Python thread, workers are forked (fast; the source is inherited, not pickled). With
+    other threads running (a notebook's, a server's, a DataLoader's queue feeders), a
+    forked child could inherit a lock one of them held and deadlock (Python 3.12+ warns),
+    so the pool uses ``forkserver`` (or ``spawn``) instead: sources pickle, and the output
+    is the same bytes either way. A start method set by the application is used as set.
+    """
+    ctx = mp.get_context()
+    if ctx.get_start_method() != "fork" or threading.active_count() == 1:
+        return ctx
+    return mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+
+
 def _results(source: Source, items: list[Any], workers: int) -> Iterator[tuple[str, Any]]:
     if workers <= 1 or len(items) < 2:
         _init_worker(source)
         yield from map(_load, items)
         return
     chunk = max(1, min(16, len(items) // (workers * 4)))
-    with mp.get_context().Pool(workers, _init_worker, (source,)) as pool:
+    with pool_context().Pool(workers, _init_worker, (source,)) as pool:
         yield from pool.imap(_load, items, chunksize=chunk)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +55,22 @@ def get_data_loaders(train_ds, test_ds, batch_size, workers, validation_split=0.
         train_loader = DataLoader(subset, sampler=DistributedSampler(subset, num_replicas=world, rank=rank, shuffle=True), **kw)
     valid_loader = DataLoader(train_ds, sampler=SubsetRandomSampler(valid), **kw)
     return train_loader, valid_loader, test_loader
+
+
+def drain(loader: Iterable) -> Iterator:
+    """Iterate a DataLoader; however the loop ends, stop its workers and queue threads first.
+
+    An iterator that raised (a worker's error re-raised) stays alive in the traceback, and
+    with it its worker processes and this process's queue feeder threads, so the next
+    DataLoader would fork a multi-threaded process (tests/conftest.py fails that).
+    """
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        stop = getattr(it, "_shutdown_workers", None)
+        if stop is not None:
+            stop()
+        for t in threading.enumerate():
+            if t.name == "QueueFeederThread":
+                t.join(timeout=10)
