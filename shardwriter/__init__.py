@@ -1,15 +1,32 @@
 """ai8x-shards writer: packs preprocessed uint8 samples into WebDataset tar shards.
 
-Public API: :class:`ShardWriter` (low level), :func:`pack` with the sources in
-:mod:`shardwriter.sources`, :func:`verify` and :func:`info`. The on-disk contract
-lives in :mod:`shardwriter.format` and ``docs/FORMAT.md``.
+Public API: :func:`pack` with the sources in :mod:`shardwriter.sources`,
+:class:`ShardWriter` (low level), :class:`Options` (storage and checking settings) and
+the error family (:class:`ShardsError` and its subclasses, :mod:`shardwriter.errors`).
+Checking and describing a dataset lives in :mod:`shardwriter.verify` (``verify``,
+``reindex``, ``info``, ``summary``). The on-disk contract lives in
+:mod:`shardwriter.format` and ``docs/FORMAT.md``; storage backends in
+:mod:`shardwriter.storage`. This package never imports :mod:`loaders` or torch.
 """
 
 __version__ = "0.1.0"
 
-from .errors import BadInput, PackError  # noqa: E402
+from .errors import BadInput, IntegrityError, PackError, SettingsError, ShardsError, StorageError  # noqa: E402
 from .format import FormatError  # noqa: E402
+from .options import Options  # noqa: E402
 from .pack import pack  # noqa: E402
 from .writer import ShardWriter  # noqa: E402
 
-__all__ = ["BadInput", "FormatError", "PackError", "ShardWriter", "pack", "__version__"]
+__all__ = [
+    "BadInput",
+    "FormatError",
+    "IntegrityError",
+    "Options",
+    "PackError",
+    "SettingsError",
+    "ShardWriter",
+    "ShardsError",
+    "StorageError",
+    "__version__",
+    "pack",
+]
