@@ -138,6 +138,7 @@ except RuntimeError as exc:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "['AISegment_352_shards', 'AISegment_80_shards']" in out
     assert "ERR this dataset needs the ai8x-shards package" in out
+    assert "pip install -e " in out and "git+" in out and "pip install ai8x-shards " not in out  # not on PyPI
 
 
 def test_install_is_idempotent_adds_entries_and_uninstalls_only_its_file(checkout, tmp_path):

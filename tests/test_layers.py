@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +103,30 @@ def test_the_packages_export_their_public_names() -> None:
         assert hasattr(loaders, name) and name in loaders.__all__, name
     for name in ("pack", "ShardWriter", "Options", "ShardsError", "FormatError", "IntegrityError", "StorageError"):
         assert hasattr(shardwriter, name) and name in shardwriter.__all__, name
+
+
+def _resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_every_import_and_name_in_the_readme_exists() -> None:
+    """The README's code blocks' imports run, and each `package.name` it mentions resolves."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    imports = [line.strip() for block in blocks for line in block.splitlines() if re.match(r"\s*(from \S+ )?import ", line)]
+    assert len(imports) >= 5
+    for line in imports:
+        exec(line, {})  # noqa: S102 - our own README
+    dotted = set(re.findall(r"`((?:shardwriter|loaders|ai8x_shards)(?:\.[A-Za-z_]\w*)+)", readme))
+    assert len(dotted) >= 8
+    for name in sorted(dotted):
+        assert _resolve(name) is not None, name
