@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -38,26 +39,33 @@ def _native_names() -> list[str]:
         return []
 
 
-def _exiting_feeders(threads: list[threading.Thread]) -> bool:
-    """Whether ``threads`` are all queue feeder threads that end at once (their queue was closed).
+def _all_leaving(others: list[threading.Thread]) -> bool:
+    """Whether every thread but this one was on its way out at the fork.
 
     A DataLoader that finished an epoch closes its queues but does not wait for their
-    feeder threads; the next epoch's fork can catch one on its way out. Such a thread
-    never runs in the child and holds nothing the child needs; a feeder of a live queue
-    (a DataLoader iterator left alive) does not end, and is reported.
+    feeder threads, and a Python thread that returned is gone from
+    ``threading.enumerate()`` a moment before the OS thread ends: the next fork can catch
+    either. Such a thread runs no more Python code and holds no lock the child could need.
+    A feeder of a live queue (a DataLoader iterator left alive), any other Python thread,
+    or a native pool that stays (torch's OpenMP threads) is reported.
     """
-    if not threads or any(t.name != "QueueFeederThread" for t in threads):
+    if any(t.name != "QueueFeederThread" for t in others):
         return False
-    for t in threads:
-        t.join(timeout=0.5)
-    return not any(t.is_alive() for t in threads)
+    deadline = time.monotonic() + 1.0
+    for t in others:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in others):
+        return False
+    while os_threads() > 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os_threads() == 1
 
 
 def _after_fork_in_parent() -> None:
     n = os_threads()
     if n > 1:
         others = [t for t in threading.enumerate() if t is not threading.main_thread()]
-        if n - 1 == len(others) and _exiting_feeders(others):
+        if _all_leaving(others):
             return
         names = sorted(t.name for t in others)
         native = n - 1 - len(names)
