@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import os
@@ -52,6 +53,18 @@ for name in names:
 print(json.dumps(names))
 """)
     assert {"shardwriter.pack", "shardwriter.verify", "shardwriter.format.records", "shardwriter.storage.s3"} <= set(got)
+
+
+def test_no_shardwriter_source_imports_a_layer_above_it() -> None:
+    """Not even inside a function: shardwriter is the lower package."""
+    above = ("loaders", "benchmarks", "ai8x_shards")
+    found = []
+    for path in sorted((REPO / "shardwriter").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [f"{path.relative_to(REPO)}:{node.lineno}: {n}" for n in names if n.split(".")[0] in above]
+    assert not found, found
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["--version"], ["info", "DIR"], ["info", "--json", "DIR"], ["verify", "DIR"],
