@@ -10,8 +10,11 @@ of their class (see :mod:`shardwriter.errors`).
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from shardwriter import __version__
 from shardwriter.errors import SettingsError, ShardsError, exit_code
@@ -19,10 +22,30 @@ from shardwriter.errors import SettingsError, ShardsError, exit_code
 from .pack_command import add_pack_parsers
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` that shows each option's default (not for flags, nor where there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
 def cmd_info(a: argparse.Namespace) -> int:
     from shardwriter.verify import info
 
-    print(info(a.dir))
+    print(info(a.dir, as_json=a.json, all_skipped=a.all_skipped))
     return 0
 
 
@@ -92,9 +115,11 @@ def _install_ai8x(a: argparse.Namespace) -> int:
 
 
 def cmd_preview(a: argparse.Namespace) -> int:
-    from loaders.preview import preview
+    from loaders.preview import preview, shown_indices
 
-    print(f"wrote {preview(a.dir, a.split, a.n, a.output)}")
+    path = preview(a.dir, a.split, a.n, a.output, seed=a.seed, classes=a.classes, indices=a.indices)
+    shown = shown_indices(path)
+    print(f"wrote {path}: {len(shown)} {a.split} sample(s): {', '.join(map(str, shown))}")
     return 0
 
 
@@ -103,50 +128,69 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    from benchmarks.run import main as bench_main  # imported only when benchmarking
+    """``ai8x-shards bench``: the benchmark, imported only here.
+
+    Installed (also ``pip install -e .``), it is ``ai8x_shards.benchmarks`` (the
+    repository's ``benchmarks/`` folder); from a checkout on ``sys.path`` without an
+    install, the top-level ``benchmarks`` package.
+    """
+    try:
+        from ai8x_shards.benchmarks.run import main as bench_main
+    except ModuleNotFoundError as exc:
+        if exc.name != "ai8x_shards.benchmarks":
+            raise
+        from benchmarks.run import main as bench_main
 
     return bench_main(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="ai8x-shards", description="Fast data loading for ai8x-training (MAX78000/MAX78002).")
+    ap = argparse.ArgumentParser(prog="ai8x-shards", description="Fast data loading for ai8x-training (MAX78000/MAX78002).",
+                                 epilog="Each command's options and defaults: ai8x-shards COMMAND --help.", formatter_class=_Help)
     ap.add_argument("--version", action="version", version=f"ai8x-shards {__version__}")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_pack_parsers(sub)
+
+    def command(name: str, fn: Any, text: str, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text[:1].upper() + text[1:] + ".", formatter_class=_Help, **kw)
+        p.set_defaults(func=fn)
+        return p
+
+    p = command("info", cmd_info, "summarise a dataset: splits, counts, shapes, classes, sizes, skipped inputs")
+    p.add_argument("dir", help="dataset folder (holds manifest.json) or URL")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON (splits, counts, skipped, warnings)")
+    p.add_argument("--all-skipped", action="store_true", help="list every skipped input (the text summary shows the first 10)")
     for name, fn, text in (
-        ("info", cmd_info, "summarise a dataset folder"),
         ("verify", cmd_verify, "check every shard, sample and index; non-zero exit on any problem"),
         ("reindex", cmd_reindex, "rebuild missing or stale index files from their shards"),
     ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("dir", help="dataset folder (holds manifest.json) or URL")
-        p.set_defaults(func=fn)
-    p = sub.add_parser("demo", help="make sample data, pack it, read it back, print a summary")
-    p.add_argument("dir", nargs="?", default="demo-out", help="working folder (default: demo-out)")
-    p.add_argument("--workers", type=int, default=2)
-    p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("synth", help="write synthetic raw data (for trials and tests)")
+        command(name, fn, text).add_argument("dir", help="dataset folder (holds manifest.json) or URL")
+    p = command("demo", cmd_demo, "make sample data, pack it, read it back, print a summary")
+    p.add_argument("dir", nargs="?", default="demo-out", help="working folder (emptied first)")
+    p.add_argument("--workers", type=int, default=2, help="pack worker processes")
+    p = command("synth", cmd_synth, "write synthetic raw data (for trials and tests)")
     p.add_argument("kind", choices=["aisegment"], help="raw layout to write")
     p.add_argument("dir", help="folder to write into")
     p.add_argument("--images", type=int, default=30, help="number of images")
-    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
-    p.set_defaults(func=cmd_synth)
-    p = sub.add_parser("install-ai8x", help="install the datasets module into an ai8x-training checkout")
+    p.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files")
+    p = command("install-ai8x", cmd_install_ai8x, "install the datasets module into an ai8x-training checkout")
     p.add_argument("checkout", help="ai8x-training folder (holds train.py and datasets/)")
     p.add_argument("--add", action="append", default=[], metavar="NAME=DIR",
-                   help="also expose the shard dataset DIR as entry NAME (DIR absolute or relative to --data)")
+                   help="also expose the shard dataset DIR as entry NAME (DIR absolute or relative to --data); repeatable")
     p.add_argument("--augment", action="append", default=[], metavar="[NAME=]MODULE:NAME",
                    help="augment an entry's train split on the fly with MODULE:NAME (importable from train.py's folder; "
                         "see loaders.augment); without NAME=, the entries of this command's --add; NAME=none removes it")
     p.add_argument("--data", help="with a relative --add DIR: the --data folder you will give train.py")
     p.add_argument("--uninstall", action="store_true", help="remove the module")
-    p.set_defaults(func=cmd_install_ai8x)
-    p = sub.add_parser("preview", help="write a PNG grid of samples as the model sees them")
-    p.add_argument("dir", help="dataset folder")
-    p.add_argument("--split", default="test")
-    p.add_argument("-n", type=int, default=8, help="number of samples")
+    p = command("preview", cmd_preview, "write a PNG grid of samples as the model sees them, masks tinted, with a legend")
+    p.add_argument("dir", help="dataset folder or URL")
+    p.add_argument("--split", default="test", help="split to draw from")
+    p.add_argument("-n", type=int, default=8, help="number of samples, drawn across the split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draw: same seed, same samples")
+    p.add_argument("--classes", type=_names, metavar="A,B",
+                   help="class targets: draw only samples of these classes; masks: tint only these classes (names or values)")
+    p.add_argument("--indices", type=_ints, metavar="I,J", help="show exactly these samples (overrides -n and --seed)")
     p.add_argument("-o", "--output", default="preview.png", help="PNG file to write")
-    p.set_defaults(func=cmd_preview)
     p = sub.add_parser("bench", help="benchmarks: the design note's Table 1 and the peers; writes benchmarks/RESULTS.md",
                        add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="see ai8x-shards bench --help")
@@ -156,11 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # the benchmark parses its own options
-        return _bench(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        if argv[:1] == ["bench"]:  # the benchmark parses its own options
+            return _bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        code = int(args.func(args))
+        sys.stdout.flush()  # a reader that went away is noticed here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ShardsError as exc:
         print(f"ai8x-shards: error: {_one_line(exc)}", file=sys.stderr)
         return exit_code(exc)
@@ -170,6 +218,24 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone() -> int:
+    """stdout's reader stopped reading (``ai8x-shards info DIR | head -1``): stop quietly.
+
+    As a tool killed by SIGPIPE would: no message, exit status 128 + SIGPIPE (141). Python
+    ignores SIGPIPE, so the write raised ``BrokenPipeError`` instead; stdout is pointed
+    at the null device so the flush at interpreter exit does not raise it again. (Not
+    ``signal(SIGPIPE, SIG_DFL)``: that would also kill the process on a socket a server
+    closed, where the storage layer retries.)
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 128 + int(getattr(signal, "SIGPIPE", 13))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -37,6 +37,9 @@ from . import report
 from .measure import RESULT_TAG
 
 REPO = Path(__file__).resolve().parent.parent
+# Installed, this package is ai8x_shards.benchmarks (the interpreter finds it); from a checkout
+# it is the top-level benchmarks, and each child gets the checkout on its PYTHONPATH.
+MEASURE = f"{__package__}.measure"
 DEFAULT_OUT = Path("benchmarks")
 PACKAGES = ("torch", "numpy", "webdataset", "msgpack", "mosaicml-streaming", "litdata", "psutil", "matplotlib")
 
@@ -104,13 +107,14 @@ def _machine(work: Path) -> dict[str, str]:
 def _child(req: dict[str, Any], timeout: float, cwd: Path) -> dict[str, Any]:
     """Run one request in a fresh interpreter; its result, or {"error": ...}."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if __package__ == "benchmarks":
+        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MKL_NUM_THREADS", "1")
     env["PYTHONWARNINGS"] = "ignore"
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "benchmarks.measure"], input=json.dumps(req), capture_output=True, text=True,
+            [sys.executable, "-m", MEASURE], input=json.dumps(req), capture_output=True, text=True,
             timeout=timeout, env=env, cwd=str(cwd),
         )
     except subprocess.TimeoutExpired:

@@ -43,8 +43,10 @@ def _make_loader(sub, augment=None):
             from loaders.ai8x import make_loader
         except ImportError as exc:
             raise RuntimeError(
-                "this dataset needs the ai8x-shards package in this environment: "
-                "pip install ai8x-shards (" + str(exc) + ")"
+                "this dataset needs the ai8x-shards package in this environment (it is not on PyPI): "
+                "pip install -e /path/to/ai8x-shards-checkout, or "
+                "pip install 'ai8x-shards @ git+<its repository URL>'; see its README, Install ("
+                + str(exc) + ")"
             ) from exc
         return make_loader(sub, augment)(data, load_train, load_test)
 

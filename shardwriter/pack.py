@@ -32,6 +32,7 @@ import multiprocessing as mp
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -656,11 +657,19 @@ def _progress(total: int, quiet: bool | None) -> Any:
         return None
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread: the workers are then forked from a single-threaded process
     return tqdm(total=total, desc="pack", unit="input", dynamic_ncols=True, file=sys.stderr)
 
 
-def _fork_context() -> Any:
-    return mp.get_context("fork") if "fork" in mp.get_all_start_methods() and sys.platform != "darwin" else mp.get_context()
+def pool_context() -> Any:
+    """The workers' start method: ``fork`` (fast: the job is inherited, not pickled), but never a fork of a
+    process running other Python threads (a notebook's, a server's, a DataLoader's queue feeders: a forked
+    child could inherit a lock one of them held; Python 3.12+ warns), where ``forkserver`` (or ``spawn``)
+    is used instead. The written bytes are the same either way."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and sys.platform != "darwin" and threading.active_count() == 1:
+        return mp.get_context("fork")
+    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
 def _execute(ctx: Context, work: list[tuple[Any, Any]], workers: int, on_result: Callable[[Any, Any], list[tuple[Any, Any]]],
@@ -675,11 +684,11 @@ def _execute(ctx: Context, work: list[tuple[Any, Any]], workers: int, on_result:
             result = run_seal(ctx, *arg) if tag[0] == "seal" else run_piece(ctx, arg, update, digest)
             queue += on_result(tag, result)
         return
-    counter = _fork_context().Value("q", 0)
+    counter = pool_context().Value("q", 0)
     n = min(workers, len(queue))
     seen = 0
     gc.freeze()  # forked workers then share this process's objects without copying them on a collection
-    with ProcessPoolExecutor(n, mp_context=_fork_context(), initializer=init_worker, initargs=(ctx, counter)) as pool:
+    with ProcessPoolExecutor(n, mp_context=pool_context(), initializer=init_worker, initargs=(ctx, counter)) as pool:
         running: dict[Future[Any], Any] = {}
 
         def submit(tag: Any, arg: Any) -> None:

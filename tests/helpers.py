@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -106,3 +108,22 @@ def batches(items) -> list[list[int]]:
 
 def flat(bs: list[list[int]]) -> list[int]:
     return [n for b in bs for n in b]
+
+
+def drain(loader: Iterable) -> Iterator:
+    """Iterate a DataLoader; however the loop ends, stop its workers and queue threads first.
+
+    An iterator that raised (a worker's error re-raised) stays alive in the traceback, and
+    with it its worker processes and this process's queue feeder threads, so the next
+    DataLoader would fork a multi-threaded process (tests/conftest.py fails that).
+    """
+    it = iter(loader)
+    try:
+        yield from it
+    finally:
+        stop = getattr(it, "_shutdown_workers", None)
+        if stop is not None:
+            stop()
+        for t in threading.enumerate():
+            if t.name == "QueueFeederThread":
+                t.join(timeout=10)

@@ -201,6 +201,9 @@ class RangeHTTPServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)  # gone before the next test forks (tests/conftest.py)
+            self._thread = None
 
     def __enter__(self) -> RangeHTTPServer:
         return self.start()
@@ -330,7 +333,8 @@ class FaultProxy:
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
         self._sock.settimeout(0.1)
-        threading.Thread(target=self._accept, daemon=True, name="fault-proxy").start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True, name="fault-proxy")
+        self._acceptor.start()
         return self
 
     def stop(self) -> None:
@@ -338,6 +342,9 @@ class FaultProxy:
         self._release.set()
         if self._sock is not None:
             self._sock.close()
+        acceptor = getattr(self, "_acceptor", None)
+        if acceptor is not None:
+            acceptor.join(timeout=10)  # gone before the next test forks (tests/conftest.py)
         with self._lock:
             conns = list(self._conns)
         for c in conns:

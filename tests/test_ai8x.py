@@ -16,8 +16,8 @@ from PIL import Image
 
 from ai8x_shards.cli import main as cli
 from loaders.install import InstallError, install, installed_entries, uninstall
-from loaders.preview import preview
-from loaders.transforms import prepare_image, unfold_torch
+from loaders.preview import preview, shown_indices
+from loaders.transforms import prepare_image, unfold, unfold_torch
 from shardwriter import pack
 from shardwriter.sources import AISegmentSource
 from shardwriter.synth import synth_aisegment
@@ -138,6 +138,7 @@ except RuntimeError as exc:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert "['AISegment_352_shards', 'AISegment_80_shards']" in out
     assert "ERR this dataset needs the ai8x-shards package" in out
+    assert "pip install -e " in out and "git+" in out and "pip install ai8x-shards " not in out  # not on PyPI
 
 
 def test_install_is_idempotent_adds_entries_and_uninstalls_only_its_file(checkout, tmp_path):
@@ -182,13 +183,21 @@ def test_prepare_image_matches_the_packed_samples(checkout):
 
 def test_preview_draws_unfolded_images_with_masks(checkout, tmp_path):
     _, data, _ = checkout
+    from loaders import ShardDataset
+
     path = preview(data / "AISegment_352", "train", n=3, out=tmp_path / "p.png")
-    img = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    with Image.open(path) as im:
+        img = np.asarray(im.convert("RGB")).astype(int)
     assert img.shape[0] > 352 and img.shape[1] > 3 * 352  # three full-size tiles
+    x, y = ShardDataset(data / "AISegment_352", "train", output="uint8")[shown_indices(path)[0]]
+    full = unfold(x.numpy(), 4).transpose(1, 2, 0).astype(int)  # 352x352 RGB, as it was before folding
     tile = img[8 : 8 + 352, 8 : 8 + 352]
-    assert (tile[..., 0] - tile[..., 1] > 60).mean() > 0.05  # the background mask is tinted red
+    background = y.numpy() == 1
+    assert np.array_equal(tile[background], full[background])  # unfolded, and the background left as it is
+    assert (np.abs(tile[~background] - full[~background]).sum(axis=-1) > 0).mean() > 0.9  # the portrait tinted
     assert cli(["preview", str(data / "AISegment_80"), "--split", "test", "-n", "2", "-o", str(tmp_path / "q.png")]) == 0
-    assert Image.open(tmp_path / "q.png").size[0] > 160
+    with Image.open(tmp_path / "q.png") as im:
+        assert im.size[0] > 160
 
 
 def test_install_attaches_an_augmentation_that_imports_only_when_the_entry_is_used(checkout, monkeypatch):

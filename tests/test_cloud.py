@@ -221,10 +221,14 @@ def test_map_style_over_gcs_equals_local(data, gcs, env):
 
 
 def test_map_style_url_dataset_in_dataloader_workers(data, proxy):
-    """train.py's path: the dataset is pickled to workers, each fetches shards through the cache."""
+    """train.py's path: the dataset is pickled to workers, each fetches shards through the cache.
+
+    The workers are spawned: the servers run in threads of this process, and forking a
+    multi-threaded process is what tests/conftest.py forbids.
+    """
     _, _, arrays = data
     ds = ShardDataset(proxy.url + "/ds", "train", output="uint8")
-    loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, collate_fn=collate)
+    loader = DataLoader(ds, batch_size=16, shuffle=True, num_workers=2, collate_fn=collate, multiprocessing_context="spawn")
     seen = []
     for x, y in loader:
         for xi, yi in zip(x, y):

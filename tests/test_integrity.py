@@ -85,7 +85,7 @@ def map_epoch(d: Path, workers: int, **kw) -> dict[int, int]:
     """number -> label of every sample the map-style dataset serves through a DataLoader."""
     dataset = ShardDataset(d, "train", output="uint8", **kw)
     out = {}
-    for x, y in DataLoader(dataset, batch_size=16, shuffle=True, num_workers=workers, collate_fn=collate):
+    for x, y in helpers.drain(DataLoader(dataset, batch_size=16, shuffle=True, num_workers=workers, collate_fn=collate)):
         for xi, yi in zip(x, y):
             out[number(xi)] = int(yi)
     return out
@@ -94,7 +94,7 @@ def map_epoch(d: Path, workers: int, **kw) -> dict[int, int]:
 def stream_epoch(d: Path | str, workers: int, **kw) -> dict[int, int]:
     dataset = StreamingShardDataset(d, "train", output="uint8", batch_size=8, seed=1, **kw)
     out = {}
-    for x, y in DataLoader(dataset, batch_size=None, num_workers=workers):
+    for x, y in helpers.drain(DataLoader(dataset, batch_size=None, num_workers=workers)):
         for xi, yi in zip(x, y):
             out[number(xi)] = int(yi)
     return out
