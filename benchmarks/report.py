@@ -325,6 +325,36 @@ def ceilings_table(summary: dict[str, Any], workers: int) -> str:
     return "\n".join(lines)
 
 
+def writer_floors(writer: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Issue #10's floors for the writer, from :func:`benchmarks.writer.measure_writer`'s figures."""
+    if not writer:
+        return []
+    rows = {(r["case"], r["workers"]): r for r in writer["rows"]}
+    out = []
+
+    def add(case: str, what: str, ours: float | None, ref: float | None, need: float, ref_name: str) -> None:
+        ratio = ours / ref if ours is not None and ref else None
+        out.append({"case": case, "floor": what, "ours": ours, "ref": ref, "ref_name": ref_name, "ratio": ratio, "need": need,
+                    "met": None if ratio is None else ratio >= need, "note": "", "why": ""})
+
+    one, two = rows.get(("large", 1)), rows.get(("large", 2))
+    if one and two:
+        add("writer", "pack aisegment: 2 workers ≥ 1.8x 1 worker (samples/s)", two["samples_per_s"], one["samples_per_s"], 1.8, "1 worker")
+    one, two = rows.get(("small", 1)), rows.get(("small", 2))
+    if one and two:
+        add("writer", "pack npz (small): 2 workers never slower than 1", two["samples_per_s"], one["samples_per_s"], 1.0, "1 worker")
+    if one:
+        add("writer", "pack npz (small): ≥ 50,000 samples/s in one process", one["samples_per_s"], 50_000.0, 1.0, "50,000/s")
+    return out
+
+
+def misses_table(missed: list[dict[str, Any]]) -> str:
+    """The floors missed, one line each (plain text, for the terminal)."""
+    rows = [(f["case"], f["floor"], _n(f["ratio"], 2), f"{f['need']:g}") for f in missed]
+    width = max(len(r[1]) for r in rows)
+    return "\n".join(f"  {c:<7} {fl:<{width}}  {ratio:>6} (needed {need})" for c, fl, ratio, need in rows)
+
+
 def check_cost(summary: dict[str, Any], workers: int) -> str:
     """What the per-sample checksum check costs C and D: samples/s with and without it, side by side."""
     lines = [

@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parent.parent
 # it is the top-level benchmarks, and each child gets the checkout on its PYTHONPATH.
 MEASURE = f"{__package__}.measure"
 DEFAULT_OUT = Path("benchmarks")
+#: What --quick measures: ours, the note's two approaches and the batched ceilings, warm only.
+QUICK = ("A", "B", "C", "D", "G-batched", "G-batched-dl")
 PACKAGES = ("torch", "numpy", "webdataset", "msgpack", "mosaicml-streaming", "litdata", "psutil", "matplotlib")
 
 
@@ -52,7 +54,9 @@ def parse_args(argv: list[str] | None, prog: str = "ai8x-shards bench") -> argpa
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The bench options, for a parser of its own or a CLI subcommand."""
-    p.add_argument("--quick", action="store_true", help="smoke run (64 large, 2,000 small samples, one pass), under a minute")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 64 large and 2,000 small samples, one pass, warm only, ours + A, B and the batched "
+                        "ceilings, a tiny writer run; about a minute on an idle 2-core machine (figures too small to judge)")
     p.add_argument("--large", type=int, help="large (AISegment_352) samples (default 2000; --quick 64; 0 skips the case)")
     p.add_argument("--small", type=int, help="small (1x28x28) samples (default 20000; --quick 2000; 0 skips the case)")
     p.add_argument("--passes", type=int, help="measurement passes, best taken (default 2; --quick 1)")
@@ -64,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="where RESULTS.md and results.png go (default benchmarks/; --quick: a temporary folder)")
     p.add_argument("--work", type=Path, help="scratch folder for the data (default: a new temporary folder, removed after)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (and results.json in it)")
+    p.add_argument("--cache", choices=("both", "warm"),
+                   help="page-cache states measured: cold (files evicted first) and warm, or warm only (default both; --quick warm)")
+    p.add_argument("--no-writer", dest="writer", action="store_false", help="skip the writer's speed (pack, 1 and 2 workers)")
     p.add_argument("--timeout", type=float, help="seconds per subprocess (default 900; --quick 120)")
     p.add_argument("--report-only", type=Path, metavar="RESULTS_JSON",
                    help="measure nothing: rewrite RESULTS.md and the plot from a results.json kept by --keep")
@@ -157,6 +164,8 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], int]:
     from .approaches import registry  # torch: imported only when a run starts
 
     approaches = registry()
+    if quick and not args.only:  # the smoke run: ours, the note's two, the batched ceilings (about a minute)
+        approaches = {k: a for k, a in approaches.items() if k in QUICK}
     if args.only:
         wanted = [k.strip() for k in args.only.split(",") if k.strip()]
         unknown = [k for k in wanted if k not in approaches]
@@ -184,10 +193,12 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], int]:
             "rows": {k: {"label": a.label, "skip": skip[k], "data_of": a.data_of, "passes": []} for k, a in approaches.items()},
         }
 
+    states = ("warm",) if (args.cache or ("warm" if quick else "both")) == "warm" else ("cold", "warm")
+
     def request(action: str, case: Any, key: str, epoch: int = 0) -> dict[str, Any]:
         a = approaches[key]
         folder = work / case.name / (a.data_of or key)
-        configs = [[0, "cold"], [0, "warm"], [workers, "cold"], [workers, "warm"]]
+        configs = [[w, c] for w in (0, workers) for c in states]
         return {"action": action, "approach": key, "case": case.to_json(), "src": srcs[case.name], "dir": str(folder),
                 "batch": batch, "configs": configs, "epoch": epoch}
 
@@ -222,6 +233,14 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], int]:
                 raw[case.name]["rows"][key]["passes"].append(r)
                 print(f"[pass {p + 1}/{passes}] {case.name} {key}: {_brief(r, workers)}", flush=True)
 
+    writer = None
+    if args.writer:
+        from . import writer as writer_bench
+
+        print("writer: pack with 1 and 2 workers (benchmarks.writer)", flush=True)
+        small_w, images_w = (2000, 12) if quick else (n_small or 20_000, 300)
+        writer = writer_bench.measure_writer(work / "writer", small=small_w, images=images_w, passes=1 if quick else passes,
+                                             log=lambda m: print(m, flush=True))
     elapsed = time.perf_counter() - t_start
     try:
         machine["load average at end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -230,7 +249,7 @@ def run(args: argparse.Namespace, command: str) -> tuple[dict[str, Any], int]:
     meta = {
         "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine, "versions": _versions(), "passes": passes, "workers": workers, "batch": batch,
-        "budget": budget, "quick": quick, "elapsed": elapsed, "skip": skip,
+        "budget": budget, "quick": quick, "elapsed": elapsed, "skip": skip, "writer": writer,
     }
     if args.keep:
         (work / "results.json").write_text(json.dumps({"meta": meta, "raw": raw}, indent=1))
@@ -244,7 +263,7 @@ def write_report(raw: dict[str, Any], meta: dict[str, Any], out: Path) -> tuple[
     """Combine, judge and write ``out/RESULTS.md`` (+ ``results.png``); returns (summary, exit status)."""
     workers, quick, skip = meta["workers"], meta["quick"], meta["skip"]
     summary = report.combine(raw, workers, meta["budget"])
-    floors = report.floors(summary, workers)
+    floors = report.floors(summary, workers) + report.writer_floors(meta.get("writer"))
     failed = [
         f"{case} {key}: {'; '.join(s['errors'][:2]) or report._check(s)}"
         for case, entry in summary.items()
@@ -258,10 +277,14 @@ def write_report(raw: dict[str, Any], meta: dict[str, Any], out: Path) -> tuple[
     (out / "RESULTS.md").write_text(text)
     print(f"wrote {out / 'RESULTS.md'}" + (f" and {png}" if why_no_plot is None else f" (no plot: {why_no_plot})")
           + f" ({meta['elapsed']:.0f} s)")
-    for f in floors:
-        if f["met"] is False:
-            print(f"floor missed{' (quick run: not judged)' if quick else ''}: {f['case']}: {f['floor']}: "
-                  f"{report._n(f['ratio'], 2)} (needed {f['need']:g}){'; ' + f['why'] if f.get('why') else ''}")
+    print()
+    print(report.headline(summary, workers))
+    missed = [f for f in floors if f["met"] is False]
+    if missed:
+        print()
+        print(f"Floors missed ({len(missed)} of {len(floors)}{'; quick run: sizes too small to judge' if quick else ''}; reasons in "
+              f"{out / 'RESULTS.md'}):")
+        print(report.misses_table(missed))
     for f in failed:
         print(f"FAILED: {f}")
     return summary, (1 if failed else 0)
@@ -314,6 +337,10 @@ def render(summary: dict[str, Any], floors: list[dict[str, Any]], meta: dict[str
                   report.augment_cost(summary, meta["workers"]), ""]
     if not meta["quick"]:
         lines += [report.PROFILES, ""]
+    if meta.get("writer"):
+        from .writer import render_markdown
+
+        lines += [render_markdown(meta["writer"])]
     for entry in summary.values():
         lines += [f"## {entry['info']['title']}", "", "### Throughput", "", report.throughput_table(entry, w), "",
                   "### Table 1, reproduced", "", report.table1(entry, meta["budget"]), ""]

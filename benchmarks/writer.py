@@ -95,9 +95,11 @@ def make_sources(work: Path, small: int, images: int) -> dict[str, str]:
 
 
 def _run_child(request: dict[str, Any]) -> dict[str, Any]:
-    repo = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
-    got = subprocess.run([sys.executable, "-m", "benchmarks.writer", "--child", json.dumps(request)], capture_output=True,
+    env = dict(os.environ)
+    if __package__ == "benchmarks":  # from a checkout: the children import it from the checkout too
+        repo = Path(__file__).resolve().parent.parent
+        env["PYTHONPATH"] = os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])
+    got = subprocess.run([sys.executable, "-m", f"{__package__}.writer", "--child", json.dumps(request)], capture_output=True,
                          text=True, env=env, timeout=3600)
     line = next((x for x in reversed(got.stdout.splitlines()) if x.startswith(RESULT_TAG)), None)
     if got.returncode or line is None:

@@ -3,12 +3,15 @@
 :func:`read_records` takes a list of samples (shard, position in the shard), in the order
 a worker needs them, and reads each shard front to back, seeking (or, on a stream that
 cannot seek, reading and dropping) over the samples it does not need. Consecutive samples
-of a shard are one *run*. Every member header is checked against the index row before a
-payload byte is read (checksum, the sample's own member name, its size), so a shard
-swapped with another, cut short or holding other samples than its index is an error
-naming the shard and byte offset, and no header can make the reader allocate more than
-the row (already checked against the manifest) allows. A run that ends at a shard's last
-sample also checks the end-of-archive marker.
+of a shard are one *run*, read in blocks of whole members (up to :data:`BLOCK_BYTES`, at
+least one member: never more than the index, already checked against the manifest and
+the shard's size, allows). Before a block's records are handed over, every header in it is
+checked to be exactly the header the writer writes for that sample (its own member name,
+its size, the checksum; one vectorized comparison per block:
+:func:`shardwriter.format.canonical_mismatch`), so a shard swapped with another, cut short,
+shifted or with a damaged header is an error naming the shard and byte offset. A run that
+ends at a shard's last sample also checks the end-of-archive marker. Records are handed
+over as views into the block (no copy).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ def _advance(f: IO[bytes], pos: int, target: int, shard: str) -> None:
         left -= got
 
 
+#: Bytes read at once: the members of a run, up to this much (at least one member).
+BLOCK_BYTES = 4 << 20
 def _check_header(block: bytes, ref: ShardRef, pos: int, within: int, size: int) -> None:
     if len(block) < fmt.BLOCK:
         raise FormatError(f"{ref.name}: ends at byte {pos + len(block)}, inside the header of sample {within} of the "
@@ -65,8 +70,8 @@ def _check_header(block: bytes, ref: ShardRef, pos: int, within: int, size: int)
 
 
 def read_records(refs: Sequence[ShardRef], offsets: Callable[[int], tuple[np.ndarray, np.ndarray]],
-                 shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[bytes]:
-    """The record payload of each sample ``(shard_ids[k], withins[k])``, in that order.
+                 shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[memoryview]:
+    """The record payload of each sample ``(shard_ids[k], withins[k])``, in that order (a read-only view).
 
     ``offsets(s)`` gives shard ``s``'s per-sample record offsets and sizes (its index).
     Samples must come forward through each shard; meeting a shard again after others
@@ -96,15 +101,35 @@ def read_records(refs: Sequence[ShardRef], offsets: Callable[[int], tuple[np.nda
                 f, pos = ref.open(), 0
             _advance(f, pos, header, ref.name)
             pos = header
-            for k, (o, z) in enumerate(zip(off[first:stop].tolist(), size[first:stop].tolist()), first):
-                _check_header(fmt.read_exact(f, fmt.BLOCK), ref, pos, k, z)
-                padded = z + (-z % fmt.BLOCK)
-                data = fmt.read_exact(f, padded)
-                if len(data) < padded:
-                    raise FormatError(f"{ref.name}: sample {k} at byte {o} needs {z} bytes, the shard ends at byte "
-                                      f"{o + len(data)} (truncated)")
-                pos = o + padded
-                yield data if padded == z else data[:z]
+            k = first
+            while k < stop:  # whole members, in blocks of up to BLOCK_BYTES (at least one member)
+                start = int(off[k]) - fmt.BLOCK
+                ends = off[k:stop] + size[k:stop] + (-size[k:stop] % fmt.BLOCK)
+                j = k + max(1, int(np.searchsorted(ends, start + BLOCK_BYTES, side="right")))
+                end = int(ends[j - k - 1])
+                data = fmt.read_exact(f, end - start)
+                heads = off[k:j] - fmt.BLOCK - start
+                if len(data) < end - start:
+                    i = k + int(np.searchsorted(ends[: j - k], start + len(data), side="right"))
+                    o = int(off[i])
+                    if o - start > len(data):
+                        _check_header(data[o - fmt.BLOCK - start :], ref, o - fmt.BLOCK, i, int(size[i]))
+                    raise FormatError(f"{ref.name}: sample {i} at byte {o} needs {int(size[i])} bytes, the shard ends at "
+                                      f"byte {start + len(data)} (truncated)")
+                if ref.first is not None:
+                    bad = fmt.canonical_mismatch(np.frombuffer(data, np.uint8), heads, ref.first + np.arange(k, j), size[k:j])
+                    if bad >= 0:  # say what is wrong with it
+                        h = int(heads[bad])
+                        _check_header(data[h : h + fmt.BLOCK], ref, start + h, k + bad, int(size[k + bad]))
+                        raise FormatError(f"{ref.name}: the header at byte {start + h} is not the one the writer writes for "
+                                          f"sample {k + bad} (damaged; run ai8x-shards verify)")
+                else:
+                    for i, h in zip(range(k, j), heads.tolist()):
+                        _check_header(data[h : h + fmt.BLOCK], ref, start + h, i, int(size[i]))
+                view = memoryview(data)
+                for h, z in zip((heads + fmt.BLOCK).tolist(), size[k:j].tolist()):
+                    yield view[h : h + z]  # views: the records are not copied again
+                pos, k = end, j
             if stop == ref.count:
                 end = fmt.read_exact(f, len(fmt.TAR_END))
                 if end != fmt.TAR_END:

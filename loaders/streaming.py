@@ -259,6 +259,7 @@ class StreamingShardDataset(IterableDataset):
         self.target_kind: str = schema.target.kind
         self._target_shape = schema.target.served_shape
         self._x_len = int(np.prod(self.input_shape))
+        self._layout = fmt.record_layout(schema)
         self._counts = np.array([s.count for s in self.index.shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]]).astype(np.int64) if len(self._counts) else self._counts
         self._verify = self.index.hashed and self.options.verify_samples
@@ -445,11 +446,14 @@ class StreamingShardDataset(IterableDataset):
         held: dict[int, tuple[bytes, int]] = {}  # read but not yet yielded: raw payloads only
         arrivals = iter(zip(read_order.tolist(), read_rows.tolist()))
 
-        def take(j: int) -> tuple[np.ndarray, Any]:
+        def raw(j: int) -> tuple[bytes, int]:
             while j not in held:
                 pos, row = next(arrivals)
                 held[pos] = (next(reader), row)
-            return self._decode(*held.pop(j))
+            return held.pop(j)
+
+        def take(j: int) -> tuple[np.ndarray, Any]:
+            return self._decode(*raw(j))
 
         if self.batch_size is None:
             if aug is None:
@@ -461,7 +465,8 @@ class StreamingShardDataset(IterableDataset):
                     yield self._sample(take(j), act, aug, row)
         else:
             for a, b in plan.batch_bounds(outputs, self.batch_size):  # the worker's chunks, cut into batches
-                yield self._batch([take(j) for j in inputs[a:b].tolist()], act, aug, None if out_rows is None else out_rows[a:b])
+                xb, yb = self._decode_batch([raw(j) for j in inputs[a:b].tolist()])
+                yield self._batch_of(xb, yb, act, aug, None if out_rows is None else out_rows[a:b])
         next(reader, None)  # let the reader finish its last shard's checks (end-of-archive marker)
 
     def _decode(self, payload: bytes, i: int) -> tuple[np.ndarray, Any]:
@@ -484,6 +489,35 @@ class StreamingShardDataset(IterableDataset):
             raise self._sample_error(i, "its target bytes")
         return x, np.frombuffer(payload, dtype, n, y_at).reshape(self._target_shape)
 
+    def _decode_batch(self, got: list[tuple[Any, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """The ``(x, y)`` arrays of a batch of records, checked against their hashes in one vectorized step.
+
+        Every record of a dataset has the same layout (the index rows were checked against
+        it when loaded), so the input and target bytes sit at the same offsets in each.
+        """
+        n = len(got)
+        ix = self.index
+        rows = np.fromiter((r for _, r in got), np.int64, n)
+        lay = self._layout
+        xv = [memoryview(p)[lay.x_start : lay.x_start + lay.x_len] for p, _ in got]
+        if self._verify:
+            h, want = np.fromiter(map(_xxh3, xv), np.uint64, n), ix.x_plain[rows]
+            if h.tobytes() != want.tobytes():
+                raise self._sample_error(int(rows[np.flatnonzero(h != want)[0]]), self._what())
+        xb = np.frombuffer(bytearray().join(xv), np.uint8).reshape(n, *self.input_shape)
+        if self.target_kind == "class":
+            return xb, ix.label[rows]
+        yv = [memoryview(p)[lay.y_start : lay.y_start + lay.y_len] for p, _ in got]
+        if self._verify:
+            h, want = np.fromiter(map(_xxh3, yv), np.uint64, n), ix.y_hash[rows]
+            if h.tobytes() != want.tobytes():
+                raise self._sample_error(int(rows[np.flatnonzero(h != want)[0]]), "its target bytes")
+        dtype = _U8 if self.target_kind == "mask" else _F32
+        return xb, np.frombuffer(bytearray().join(yv), dtype).reshape(n, *self._target_shape)
+
+    def _what(self) -> str:
+        return "its input bytes" if self.target_kind != "class" else "its input bytes or label"
+
     def _sample_error(self, i: int, what: str) -> FormatError:
         shard, _ = self.index.position(i)
         where = self.store.location if self.store is not None else shard.file
@@ -501,18 +535,8 @@ class StreamingShardDataset(IterableDataset):
         dtype = np.int64 if self.target_kind == "mask" else np.float32
         return x, torch.from_numpy(np.array(y, dtype=dtype))
 
-    def _batch(self, recs: list[tuple[np.ndarray, Any]], act: bool, aug: Any = None, rows: np.ndarray | None = None) -> Any:
+    def _batch_of(self, xb: np.ndarray, yb: np.ndarray, act: bool, aug: Any = None, rows: np.ndarray | None = None) -> Any:
         """One batch, normalized once; from a DataLoader worker it travels as uint8 (:mod:`loaders.batch`)."""
-        xb = np.empty((len(recs), *self.input_shape), dtype=np.uint8)
-        if self.target_kind == "class":
-            yb = np.fromiter((y for _, y in recs), dtype=np.int64, count=len(recs))
-            for t, (x, _) in enumerate(recs):
-                xb[t] = x
-        else:
-            yb = np.empty((len(recs), *self._target_shape), dtype=np.uint8 if self.target_kind == "mask" else np.float32)
-            for t, (x, y) in enumerate(recs):
-                xb[t] = x
-                yb[t] = y
         if aug is not None:  # uint8, checked, before normalization
             xb, masks = aug(xb, yb if self.target_kind == "mask" else None, indices=rows)
             yb = masks if masks is not None else yb

@@ -43,7 +43,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     out = tmp_path_factory.mktemp("bench-out")
     before = _digest(REPO_RESULTS)
     # The peers (F) are optional extras and slow to import; the quick run here leaves them out.
-    args = run.parse_args(["--quick", "--out", str(out), "--only", "A,B,C,D,C-aug,D-aug,E,G-raw,G-memmap"])
+    args = run.parse_args(["--quick", "--cache", "both", "--out", str(out), "--only", "A,B,C,D,C-aug,D-aug,E,G-raw,G-memmap"])
     summary, status = run.run(args, "ai8x-shards bench --quick (test)")
     assert status == 0, (out / "RESULTS.md").read_text()
     assert _digest(REPO_RESULTS) == before, "the quick run must not overwrite benchmarks/RESULTS.md"
@@ -104,11 +104,20 @@ def test_ratios_and_table1_are_computed(quick: tuple[dict, str]) -> None:
 
 def test_augmentation_cost_is_reported_for_c_and_d(quick: tuple[dict, str]) -> None:
     summary, md = quick
-    rows = [line for line in md.split("## What augmentation costs", 1)[1].splitlines() if line.startswith("| large") or line.startswith("| small")]
+    rows = [line for line in md.split("## What augmentation costs", 1)[1].split("\n## ", 1)[0].splitlines() if line.startswith("| large") or line.startswith("| small")]
     assert len(rows) == 8  # {large, small} x {C, D} x {1 process, workers}
     for line in rows:
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert _num(cells[3]) > 0 and _num(cells[4]) > 0 and cells[5].endswith("%"), line
+
+
+def test_the_writer_section_packs_the_same_bytes_with_1_and_2_workers(quick: tuple[dict, str]) -> None:
+    _, md = quick
+    lines = [ln for ln in md.split("## Writer: packing speed", 1)[1].split("\n## ", 1)[0].splitlines() if ln.startswith(("| small", "| large"))]
+    assert {(ln.split("|")[2].strip()) for ln in lines} == {"1", "2"}
+    for ln in lines:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        assert _num(cells[2]) > 0 and _num(cells[4]) > 0 and cells[8] == "yes", ln
 
 
 def test_sample_tags_round_trip() -> None:

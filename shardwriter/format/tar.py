@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import IO
+
+import numpy as np
 
 from ..errors import FormatError
 
@@ -83,6 +86,76 @@ def parse_tar_header(block: bytes, where: str) -> tuple[str, int, bytes]:
         name = prefix + b"/" + name
     size = _octal(block[124:136], f"{where}: size")
     return name.decode("utf-8", "replace"), size, block[156:157]
+
+
+@lru_cache(maxsize=4096)
+def _header_around_name(size: int) -> tuple[bytes, int, bytes]:
+    """The canonical header of a member of ``size`` bytes, split around its name and checksum:
+    bytes 100..148, their sum plus the tail's, and bytes 156..512."""
+    h = tar_header("", size)
+    mid, tail = h[100:148], h[156:]
+    return mid, sum(mid) + sum(tail), tail
+
+
+def canonical_header(name: bytes, size: int) -> bytes:
+    """Exactly the header :func:`tar_header` writes for member ``name`` (ASCII bytes) of ``size`` bytes; fast."""
+    mid, base, tail = _header_around_name(size)
+    return name + bytes(100 - len(name)) + mid + b"%06o\0 " % (base + sum(name) + 8 * 32) + tail
+
+
+_KEY_DIGITS = 9  # names.KEY_DIGITS (names imports nothing from here; kept equal by test_format)
+_NAME_AT, _SIZE_AT, _SUM_AT = slice(0, _KEY_DIGITS), slice(124, 135), slice(148, 154)
+
+
+@lru_cache(maxsize=1)
+def _canonical_template() -> tuple[np.ndarray, int]:
+    """The canonical header with the key digits, size digits and checksum zeroed (as 64 words), and the
+    sum of its other bytes (the checksum field counted as 8 spaces)."""
+    t = np.frombuffer(tar_header("0" * _KEY_DIGITS + ".msgpack", 0), np.uint8).copy()
+    for part in (_NAME_AT, _SIZE_AT, _SUM_AT):
+        t[part] = 0
+    spaces = t.copy()
+    spaces[148:156] = 32
+    return t.view(np.uint64), int(spaces.sum())
+
+
+_P10 = 10 ** np.arange(_KEY_DIGITS - 1, -1, -1, dtype=np.int64)
+_P8_11 = 8 ** np.arange(10, -1, -1, dtype=np.int64)
+_P8_6 = 8 ** np.arange(5, -1, -1, dtype=np.int64)
+
+
+def _number(field: np.ndarray, powers: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of ASCII digits as a number, and whether all its bytes are digits below ``top``."""
+    good = ((field >= 48) & (field < 48 + top)).all(axis=1)
+    return (field.astype(np.int64) - 48) @ powers, good
+
+
+def canonical_mismatch(buf: np.ndarray, headers: np.ndarray, keys: np.ndarray, sizes: np.ndarray) -> int:
+    """The first of the headers at byte offsets ``headers`` of ``buf`` that is not exactly the canonical
+    header of member ``KEY.msgpack`` of its size (see :func:`tar_header`), or -1 when all are.
+
+    Vectorized over a whole run of members: one gather of the headers; the key, the size and
+    the checksum read from their digit fields and compared with the expected values (the
+    checksum with the sum the header's bytes must have), and every other byte, with those
+    fields zeroed, compared with the template word by word.
+    """
+    if not len(headers):
+        return -1
+    t64, base = _canonical_template()
+    rows = np.lib.stride_tricks.as_strided(buf, (len(buf) - BLOCK + 1, BLOCK), (buf.strides[0], buf.strides[0]), writeable=False)
+    h = rows[headers]  # (k, 512), a copy: one gather, no index array per byte
+    name, size, check = h[:, _NAME_AT], h[:, _SIZE_AT], h[:, _SUM_AT]
+    key_got, ok_name = _number(name, _P10, 10)
+    size_got, ok_size = _number(size, _P8_11, 8)
+    sum_got, ok_sum = _number(check, _P8_6, 8)
+    want_sum = base + name.sum(axis=1, dtype=np.int64) + size.sum(axis=1, dtype=np.int64)
+    ok = ok_name & ok_size & ok_sum & (key_got == keys) & (size_got == sizes) & (sum_got == want_sum)
+    h[:, _NAME_AT] = 0
+    h[:, _SIZE_AT] = 0
+    h[:, _SUM_AT] = 0
+    ok &= (h.view(np.uint64) == t64).all(axis=1)
+    bad = np.flatnonzero(~ok)
+    return int(bad[0]) if len(bad) else -1
 
 
 def check_member_header(block: bytes, shard: str, pos: int, name: str, size: int) -> None:
