@@ -117,6 +117,7 @@ def drain(loader: Iterable) -> Iterator:
     with it its worker processes and this process's queue feeder threads, so the next
     DataLoader would fork a multi-threaded process (tests/conftest.py fails that).
     """
+    before = set(threading.enumerate())
     it = iter(loader)
     try:
         yield from it
@@ -124,6 +125,6 @@ def drain(loader: Iterable) -> Iterator:
         stop = getattr(it, "_shutdown_workers", None)
         if stop is not None:
             stop()
-        for t in threading.enumerate():
+        for t in set(threading.enumerate()) - before:  # this loader's only: a failed test's may live on in its report
             if t.name == "QueueFeederThread":
                 t.join(timeout=10)

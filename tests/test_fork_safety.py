@@ -25,8 +25,19 @@ FORK_DEFAULT = mp.get_context().get_start_method() == "fork"
 @pytest.mark.skipif(not FORK_DEFAULT, reason="the platform's default start method is not fork")
 def test_pack_forks_when_alone_and_does_not_fork_beside_another_thread(tmp_path: Path) -> None:
     npz = make_npz(tmp_path / "d.npz", n=120, shape=(3, 8, 8))
-    assert pool_context().get_start_method() == "fork"  # one thread: fork, the fast way
-    pack(NpzSource(npz), tmp_path / "forked", workers=2, max_count=30, quiet=True)
+    # Alone: a fresh interpreter (this one may still hold a DataLoader queue feeder an earlier test left to the
+    # garbage collector, and then rightly does not fork), one thread: fork, the fast way.
+    alone = textwrap.dedent(f"""
+        import threading
+        from shardwriter import pack
+        from shardwriter.pack import pool_context
+        from shardwriter.sources import NpzSource
+        assert threading.active_count() == 1
+        assert pool_context().get_start_method() == "fork", pool_context().get_start_method()
+        pack(NpzSource({str(npz)!r}), {str(tmp_path / "forked")!r}, workers=2, max_count=30, quiet=True)
+    """)
+    done = subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
     stop = threading.Event()
     other = threading.Thread(target=stop.wait, daemon=True, name="someone-elses-thread")
     other.start()

@@ -475,3 +475,44 @@ def test_a_format_1_dataset_is_read_with_one_warning_and_upgraded_by_reindex(ds,
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnhashedDatasetWarning)
         both_exact(ds, base)
+
+
+def _epochs_with_damage_between(d: Path, damage, workers: int) -> None:
+    """Two epochs of one DataLoader (persistent workers: shards stay mapped); ``damage()`` between."""
+    dataset = ShardDataset(d, "train", output="uint8")
+    loader = DataLoader(dataset, batch_size=16, shuffle=True, num_workers=workers, collate_fn=collate,
+                        persistent_workers=workers > 0)
+    before = set(threading.enumerate())
+    try:
+        first = {number(xi): int(yi) for x, y in loader for xi, yi in zip(x, y)}  # workers stay: no drain yet
+        assert len(first) == N
+        damage()
+        for _ in loader:
+            pass
+    finally:
+        if loader._iterator is not None:
+            loader._iterator._shutdown_workers()
+        for t in set(threading.enumerate()) - before:
+            if t.name == "QueueFeederThread":
+                t.join(timeout=10)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_mapped_shard_zeroed_in_place_under_a_running_loader_is_caught(ds, workers):
+    """Truncated and grown back to its size (a copy tool rewriting it in place): the mapping reads zeros."""
+    path = ds / "train-000002.tar"
+    size = path.stat().st_size
+
+    def rewrite():
+        os.truncate(path, 0)
+        os.truncate(path, size)
+
+    with pytest.raises((IntegrityError, FormatError), match=r"train-000002\.tar"):
+        _epochs_with_damage_between(ds, rewrite, workers)
+
+
+def test_a_mapped_shard_truncated_under_a_running_loader_kills_the_worker_loudly(ds):
+    """The documented caveat (README, Troubleshooting): SIGBUS in the worker, reported by DataLoader; never data."""
+    path = ds / "train-000002.tar"
+    with pytest.raises(RuntimeError, match=r"DataLoader worker .*(killed by signal: Bus error|exited unexpectedly)"):
+        _epochs_with_damage_between(ds, lambda: os.truncate(path, path.stat().st_size // 2), 2)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -35,23 +36,26 @@ def _kind(kind: str, tmp: Path) -> list[str]:
 KINDS = ("npz", "imagefolder", "dataset", "aisegment")
 
 
-def _schedule(kind: str, total: int) -> list[Kill]:
-    """A seeded schedule: an early kill at a random time, then once shares of the shards are recorded (each share
+def _schedule(kind: str, total: int, seconds: float) -> list[Kill]:
+    """A seeded schedule: an early kill at a random share of ``seconds`` (what an uninterrupted run took here: a
+    fixed time can outlast a whole run on a fast machine), then once shares of the shards are recorded (each share
     jittered at random), then while the finished shards are being renamed."""
     rng = random.Random(f"kills-{kind}")
     shares = [0.05, 0.2, 0.35, 0.5, 0.7, 0.9]
     points = sorted({max(1, min(total - 1, round(total * (p + rng.uniform(-0.04, 0.04))))) for p in shares})
-    return [Kill(seconds=rng.uniform(0.05, 0.4)), Kill(records=1)] + [Kill(sealed=k) for k in points] + [Kill(assembling=True)]
+    return [Kill(seconds=seconds * rng.uniform(0.1, 0.5)), Kill(records=1)] + [Kill(sealed=k) for k in points] + [Kill(assembling=True)]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_killed_at_many_points_then_rerun_gives_the_identical_dataset(tmp_path: Path, kind: str) -> None:
     args = _kind(kind, tmp_path)
     ref, out = tmp_path / "ref", tmp_path / "out"
+    start = time.monotonic()
     done = run(cli("pack", *args[:2], ref, *args[2:], "--quiet"), tmp_path)
+    took = time.monotonic() - start
     assert done.returncode == 0, done.stderr
     total = sum(len(s["shards"]) for s in json.loads(next(ref.rglob("manifest.json")).read_text())["splits"].values())
-    schedule = _schedule(kind, total)
+    schedule = _schedule(kind, total, took)
     landed = []
     for kill in schedule:
         landed.append(run_killed(cli("pack", *args[:2], out, *args[2:], "--quiet"), tmp_path, out, kill))
