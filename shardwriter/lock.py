@@ -6,6 +6,11 @@ one job may share a folder). The file names its holder (pid, host, start time), 
 second pack fails at once with a :class:`~shardwriter.errors.PackError` that names it.
 The kernel drops the lock when its process ends, however it ends (``SIGKILL``
 included), so a stale lock file never blocks a later run.
+
+The parts of one job hold different locks, so what OUT holds is decided (resume, start,
+refuse: :func:`shardwriter.pack`'s first step) under :func:`deciding`, a short blocking
+``flock`` on the folder itself: a part starting beside another sees that one's journal,
+never the files it writes in between listing the journals and looking at the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,3 +118,20 @@ def held(out: str | os.PathLike[str], name: str) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+@contextmanager
+def deciding(out: str | os.PathLike[str]) -> Iterator[None]:
+    """``with deciding(OUT):`` no other pack decides what OUT holds meanwhile (see the module docstring)."""
+    try:
+        fd = os.open(out, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise StorageError(f"{out}: cannot open the folder ({exc.strerror or exc})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem that cannot lock a folder (NFS): the race only ever makes a start refuse, loudly
+            pass
+        yield
+    finally:
+        os.close(fd)  # drops the lock

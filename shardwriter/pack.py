@@ -7,7 +7,8 @@
    :mod:`shardwriter.sources`).
 2. **Plan** (:mod:`shardwriter.plan`): every split's items in write order (a seeded
    shuffle by default), cut into shards whose bytes are known in advance.
-3. **OUT.** A lock on OUT (:mod:`shardwriter.lock`); then what OUT holds decides: the
+3. **OUT.** A lock on OUT (:mod:`shardwriter.lock`); then, under a short folder-wide
+   lock (the parts of a ``--part`` job start side by side), what OUT holds decides: the
    same dataset (same fingerprint) is left alone ("nothing to do"); an interrupted job
    of the same inputs and options is resumed; anything else of ours is refused unless
    ``overwrite``, naming what changed.
@@ -54,7 +55,7 @@ from .job import (
     sealed_record,
     shard_keys,
 )
-from .lock import LOCK_PREFIX, OutLock, held, lock_name
+from .lock import LOCK_PREFIX, OutLock, deciding, held, lock_name
 from .plan import Plan, ShardPlan, make_plan
 from .sources.base import OutputSpec, Source
 from .work import Context, PieceTask, init_worker, make_context, piece_in_worker, run_piece, run_seal, seal_in_worker
@@ -303,7 +304,8 @@ def pack(
     journal = Journal(out / journal_name(settings.part))
     try:
         ctx = make_context(src, dirs)
-        state = _open_job(out, dirs, header, settings, overwrite, journal, ctx, plan)
+        with deciding(out):
+            state = _open_job(out, dirs, header, settings, overwrite, journal, ctx, plan)
         if isinstance(state, PackResult):
             state.warnings = warnings
             return state

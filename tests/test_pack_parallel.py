@@ -101,6 +101,22 @@ def test_parts_sharing_one_folder_concurrently_two_variants(tmp_path: Path) -> N
     assert tree_bytes(shared) == tree_bytes(tmp_path / "one")
 
 
+def test_parts_started_at_the_same_moment_never_take_each_other_for_a_foreign_dataset(tmp_path: Path) -> None:
+    """Each part decides what OUT holds while the other may be creating its journal and first files; before the
+    folder-wide decision lock one start in about seven refused ("already holds a different (or partial) dataset")."""
+    src = write_npz(tmp_path / "d.npz", 200)
+    opts = ["--max-count", "20", "--quiet"]
+    assert run(cli("pack", "npz", src, tmp_path / "one", *opts), tmp_path).returncode == 0
+    for attempt in range(12):
+        out = tmp_path / f"shared{attempt}"
+        procs = [subprocess.Popen(cli("pack", "npz", src, out, *opts, "--part", f"{k}/2"), cwd=tmp_path, env=env(),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for k in (1, 2)]
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], (attempt, errs)
+    assert run(cli("merge", out), tmp_path).returncode == 0
+    assert tree_bytes(out) == tree_bytes(tmp_path / "one")
+
+
 def test_merge_refuses_parts_of_other_inputs_and_unfinished_parts(tmp_path: Path) -> None:
     src = write_npz(tmp_path / "d.npz", 200)
     other = write_npz(tmp_path / "e.npz", 200, seed=9)

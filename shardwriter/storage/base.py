@@ -7,7 +7,8 @@ readers, ``verify`` and the uploader need, whatever the backend:
 * :meth:`Store.read_bytes` (small files such as indexes, bounded by their manifest size
   and checked against its sha256);
 * :meth:`Store.open_read` (a sequential binary stream; remote streams resume after faults
-  and check the whole file's sha256 when they read it to its end);
+  and check the whole file's digest, XXH3-128 where the manifest has one, else sha256,
+  when they read it to its end);
 * :meth:`Store.open_random` (a file descriptor for positioned reads: the file itself, or
   its copy in the local cache; a regular file of the manifest's size);
 * :meth:`Store.stat`, :meth:`Store.upload`, :meth:`Store.delete` for writable locations.
