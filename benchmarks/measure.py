@@ -16,7 +16,9 @@ each timed on its own ("first run").
    (``os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` after an ``fsync``); then run one
    epoch at the batch size, timed from building the DataLoader (workers start inside
    the epoch, as in train.py, where workers are re-forked every epoch) to the last
-   batch. The warm epoch follows the cold one with the files left in the page cache.
+   batch. The warm epoch follows the cold one with the files left in the page cache; a
+   short one (under :data:`WARM_SECONDS`) is run again, up to :data:`WARM_EPOCHS` epochs in
+   all, and the fastest kept: a 0.1 s epoch on a shared machine is mostly its noise.
    Every batch is checked (every sample exactly once, its own target, float32 inputs);
    the check's own time is subtracted.
 3. report peak RSS (``VmHWM`` of this process; ``ru_maxrss`` of its largest worker), the
@@ -39,6 +41,10 @@ from typing import Any
 import numpy as np
 
 RESULT_TAG = "@@RESULT "
+#: A warm configuration is repeated while its epochs so far took less than this (seconds) ...
+WARM_SECONDS = 1.0
+#: ... up to this many epochs; the fastest is reported, with ``epochs`` saying how many ran.
+WARM_EPOCHS = 5
 
 
 def proc_status() -> dict[str, int]:
@@ -184,16 +190,31 @@ def measure(req: dict[str, Any], approach: Any, case: Any) -> dict[str, Any]:
     open_s = time.perf_counter() - t0
     after = proc_status()
     runs: dict[str, Any] = {}
+    epoch = req["epoch"]
     for workers, cache in req["configs"]:
         name = f"w{workers}-{cache}"
         if cache == "cold":
             evict(files)
-        try:
-            r = run_epoch(approach, ds, case, sig, workers, req["batch"], req["epoch"] + len(runs))
-        except Exception as exc:
-            r = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
-        if r is not None:
-            runs[name] = r
+        best: dict[str, Any] | None = None
+        spent, epochs = 0.0, 0
+        while True:
+            try:
+                r = run_epoch(approach, ds, case, sig, workers, req["batch"], epoch)
+            except Exception as exc:
+                r = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+            epoch += 1
+            if r is None:
+                break
+            epochs += 1
+            bad = "error" in r or not r["check"].startswith("ok")
+            if best is None or bad or r["rate"] > best["rate"]:
+                best = r  # a failed epoch is reported whatever the others did
+            spent += r.get("seconds", WARM_SECONDS)
+            if bad or cache != "warm" or spent >= WARM_SECONDS or epochs >= WARM_EPOCHS:
+                break
+        if best is not None:
+            best["epochs"] = epochs
+            runs[name] = best
     del ds
     end = proc_status()
     return {

@@ -372,11 +372,12 @@ METHOD = """## How it is measured
 - **Samples/s**: one epoch, timed from building the DataLoader (workers are forked inside the epoch, as in
   train.py) to the last batch, minus the check's own time. *Cold*: the approach's files are evicted from the page
   cache first (`fsync`, then `os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`); *warm*: the next epoch, files
-  cached. `torch.set_num_threads(1)` in every process (DataLoader workers use one thread by default).
+  cached (an epoch under 1 s runs again, up to 5 in a row, and the fastest is kept: short epochs are mostly noise
+  on a shared machine). `torch.set_num_threads(1)` in every process (DataLoader workers use one thread by default).
 - **Creation, first run**: writing the format from the source arrays (read through a memmap), in a fresh process,
   as each tool does it (ours fsyncs each shard; the others do not), one sample. **Later runs**: building the dataset
   object with its files evicted (A reads its whole pickle here).
-- **Peak RSS**: `VmHWM` of the measuring process (construction plus all four epochs; not `ru_maxrss`, which after
+- **Peak RSS**: `VmHWM` of the measuring process (construction plus every epoch; not `ru_maxrss`, which after
   `exec` starts from the launching process's peak) and `ru_maxrss` of its largest DataLoader worker
   (`RUSAGE_CHILDREN`; it counts the pages a forked worker shares with its parent); the worst of the passes. RSS
   includes file pages mapped by the process (the memmap ceiling's grow with what it reads).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import cases, report, run
+from benchmarks import cases, measure, report, run
 from benchmarks.approaches import registry
 
 REPO_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "RESULTS.md"
@@ -39,11 +40,17 @@ def _num(cell: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
-    out = tmp_path_factory.mktemp("bench-out")
+def quick_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("bench-out")
+
+
+@pytest.fixture(scope="module")
+def quick(quick_out: Path) -> tuple[dict, str]:
+    out = quick_out
     before = _digest(REPO_RESULTS)
     # The peers (F) are optional extras and slow to import; the quick run here leaves them out.
-    args = run.parse_args(["--quick", "--cache", "both", "--out", str(out), "--only", "A,B,C,D,C-aug,D-aug,E,G-raw,G-memmap"])
+    args = run.parse_args(["--quick", "--cache", "both", "--out", str(out), "--keep", "--work", str(out / "work"),
+                           "--only", "A,B,C,D,C-aug,D-aug,E,G-raw,G-memmap"])
     summary, status = run.run(args, "ai8x-shards bench --quick (test)")
     assert status == 0, (out / "RESULTS.md").read_text()
     assert _digest(REPO_RESULTS) == before, "the quick run must not overwrite benchmarks/RESULTS.md"
@@ -75,6 +82,14 @@ def test_every_reader_delivered_every_sample_once(quick: tuple[dict, str]) -> No
                 continue
             assert not s["errors"], (case, key, s["errors"])
             assert s["checks"] and all(v.startswith("ok") for v in s["checks"].values()), (case, key, s["checks"])
+
+
+def test_a_short_warm_epoch_is_repeated_and_a_cold_one_is_not(quick: tuple[dict, str], quick_out: Path) -> None:
+    raw = json.loads((quick_out / "work" / "results.json").read_text())["raw"]
+    runs = raw["small"]["rows"]["C"]["passes"][0]["runs"]  # 2,000 small samples: an epoch of a few milliseconds
+    assert runs["w0-cold"]["epochs"] == 1
+    assert runs["w0-warm"]["epochs"] == measure.WARM_EPOCHS
+    assert runs["w0-warm"]["check"].startswith("ok")
 
 
 def test_ratios_and_table1_are_computed(quick: tuple[dict, str]) -> None:
