@@ -2,10 +2,11 @@
 
 :func:`read_records` takes a list of samples (shard, position in the shard), in the order
 a worker needs them, and reads each shard front to back, seeking (or, on a stream that
-cannot seek, reading and dropping) over the samples it does not need. Consecutive samples
-of a shard are one *run*, read in blocks of whole members (up to :data:`BLOCK_BYTES`, at
-least one member: never more than the index, already checked against the manifest and
-the shard's size, allows). Before a block's records are handed over, every header in it is
+cannot seek, reading and dropping) over the samples it does not need. Samples of a shard
+that come forward with gaps of at most :data:`COALESCE_BYTES` are one *run* (the members
+in the gaps are read and checked too, not handed over), read in blocks of whole members
+(up to :data:`BLOCK_BYTES`, at least one member: never more than the index, already
+checked against the manifest and the shard's size, allows). Before a block's records are handed over, every header in it is
 checked to be exactly the header the writer writes for that sample (its own member name,
 its size, the checksum; one vectorized comparison per block:
 :func:`shardwriter.format.canonical_mismatch`), so a shard swapped with another, cut short,
@@ -69,6 +70,28 @@ def _check_header(block: bytes, ref: ShardRef, pos: int, within: int, size: int)
         raise FormatError(f"{ref.name}: member {name!r} at byte {pos} ({got} bytes) does not match index row {within} ({size} bytes)")
 
 
+#: Samples of one shard closer than this (bytes from one member's end to the next one's header) are read as
+#: one run, the members between them read and checked too: a DataLoader worker's share of a window-shuffled
+#: epoch is every other few records, and a block per handful of small records cost more than reading the gaps.
+COALESCE_BYTES = 64 << 10
+
+
+def _runs(shard_ids: np.ndarray, withins: np.ndarray, cut: np.ndarray,
+          offsets: Callable[[int], tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """``(shard, wanted positions)`` per run: forward through one shard, no gap over :data:`COALESCE_BYTES`."""
+    n = len(shard_ids)
+    for a, b in zip(np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [n]]).tolist()):
+        s, want = int(shard_ids[a]), withins[a:b].astype(np.int64)
+        if len(want) > 1:
+            off, size = offsets(s)
+            gaps = (off[want[1:]] - fmt.BLOCK) - (off[want[:-1]] + size[want[:-1]])
+            inner = (np.flatnonzero(gaps > COALESCE_BYTES) + 1).tolist()
+            for c, d in zip([0, *inner], [*inner, len(want)]):
+                yield s, want[c:d]
+        else:
+            yield s, want
+
+
 def read_records(refs: Sequence[ShardRef], offsets: Callable[[int], tuple[np.ndarray, np.ndarray]],
                  shard_ids: np.ndarray, withins: np.ndarray) -> Iterator[memoryview]:
     """The record payload of each sample ``(shard_ids[k], withins[k])``, in that order (a read-only view).
@@ -80,13 +103,13 @@ def read_records(refs: Sequence[ShardRef], offsets: Callable[[int], tuple[np.nda
     n = len(shard_ids)
     if n == 0:
         return
-    cut = np.flatnonzero((np.diff(shard_ids) != 0) | (np.diff(withins) != 1)) + 1
+    cut = np.flatnonzero((np.diff(shard_ids) != 0) | (np.diff(withins) <= 0)) + 1
     f: IO[bytes] | None = None
     current, pos = -1, 0
     off = size = np.empty(0, np.int64)
     try:
-        for a, b in zip(np.concatenate([[0], cut]).tolist(), np.concatenate([cut, [n]]).tolist()):
-            s, first, stop = int(shard_ids[a]), int(withins[a]), int(withins[b - 1]) + 1
+        for s, want in _runs(shard_ids, withins, cut, offsets):
+            first, stop = int(want[0]), int(want[-1]) + 1
             ref = refs[s]
             if s != current:
                 off, size = offsets(s)
@@ -127,7 +150,8 @@ def read_records(refs: Sequence[ShardRef], offsets: Callable[[int], tuple[np.nda
                     for i, h in zip(range(k, j), heads.tolist()):
                         _check_header(data[h : h + fmt.BLOCK], ref, start + h, i, int(size[i]))
                 view = memoryview(data)
-                for h, z in zip((heads + fmt.BLOCK).tolist(), size[k:j].tolist()):
+                w0, w1 = np.searchsorted(want, (k, j))  # the wanted members of this block
+                for h, z in zip((heads[want[w0:w1] - k] + fmt.BLOCK).tolist(), size[want[w0:w1]].tolist()):
                     yield view[h : h + z]  # views: the records are not copied again
                 pos, k = end, j
             if stop == ref.count:

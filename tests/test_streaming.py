@@ -403,3 +403,69 @@ def test_worker_batches_travel_as_uint8_and_arrive_bit_exact(tmp_path, act_mode_
     order = numbers(x0) if not act_mode_8bit else [int(v) for v in ((x0[:, 0, 0, 0] + 128) + (x0[:, 0, 0, 1] + 128) * 256)]
     assert torch.equal(x0, reference_normalize(torch.from_numpy(src["x"][order]), act_mode_8bit))
     assert torch.equal(y0, torch.from_numpy(src["y"][order].astype(np.int64)))
+
+
+# --------------------------------------------------------------------------- the reader's runs
+
+
+def _counting_refs(ds: StreamingShardDataset, reads: list[int]) -> list:
+    """The dataset's shard refs, with every read of the opened files counted."""
+    from loaders.reader import ShardRef
+
+    def counted(opener):
+        def open_():
+            f = opener()
+            real = f.read
+
+            def read(*a):
+                reads.append(1)
+                return real(*a)
+
+            f.read = read
+            return f
+        return open_
+
+    return [ShardRef(r.name, r.count, r.first, counted(r.open)) for r in ds._refs()]
+
+
+@pytest.mark.parametrize("coalesce", [True, False])
+def test_a_workers_interleaved_share_is_read_in_few_blocks_and_is_exactly_its_samples(tmp_path: Path, monkeypatch,
+                                                                                     coalesce: bool) -> None:
+    """A DataLoader worker's share of a window-shuffled epoch is a few records here, a few there: read as runs
+    with the gaps between them (one block per shard instead of one per handful), every header checked, only the
+    wanted records handed over; a damaged header in a gap is still an error."""
+    from loaders import reader
+
+    if not coalesce:
+        monkeypatch.setattr(reader, "COALESCE_BYTES", 0)
+    d = make_dataset(tmp_path / "d", 120, max_count=40)
+    ds = StreamingShardDataset(d, "train")
+    counts = ds._counts
+    shard_ids = np.concatenate([np.full(int(c), s) for s, c in enumerate(counts)])
+    withins = np.concatenate([np.arange(int(c)) for c in counts])
+    pick = (np.arange(len(withins)) // 2) % 2 == 0  # two of every four, as a 2-worker share looks
+    reads: list[int] = []
+    got = [fmt.decode_record(bytes(v)) for v in
+           reader.read_records(_counting_refs(ds, reads), ds._offsets, shard_ids[pick], withins[pick])]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    want = (starts[shard_ids[pick]] + withins[pick]).tolist()
+    assert [int(r.key) for r in got] == [int(fmt.sample_key(i)) for i in want]
+    blocks = sum(reads)
+    if coalesce:
+        assert blocks <= 2 * len(counts), blocks  # a block and the end-of-archive marker per shard
+    else:
+        assert blocks >= pick.sum() // 2, blocks  # a block per run of two
+    # a header the share does not need, damaged: the run reads it and says so
+    shard = next(iter(sorted(d.glob("*.tar"))))
+    rows = shard_rows(d, shard.name)
+    skipped = int(rows["offset"][2]) - fmt.BLOCK  # sample 2 of the first shard is not in the share
+    data = bytearray(shard.read_bytes())
+    data[skipped + 10] ^= 0x20  # inside the member name
+    shard.write_bytes(bytes(data))
+    ds = StreamingShardDataset(d, "train")
+    run = reader.read_records(ds._refs(), ds._offsets, shard_ids[pick], withins[pick])
+    if coalesce:
+        with pytest.raises(fmt.FormatError, match=f"{shard.name}.*{skipped}"):
+            list(run)
+    else:
+        assert len(list(run)) == pick.sum()  # never read: nothing to check
