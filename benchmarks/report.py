@@ -495,12 +495,15 @@ PROFILES = """### Profiles behind the misses, and what was changed (py-spy / cPr
   C with 2 workers went from ~0.8k to ~1.6k samples/s on AISegment_352. Peers and D still pay the float transfer.
 - **torch's uint8 -> float32 conversion** of a 32x48x88x88 batch took 18 ms against numpy's 1.5 ms (page faults,
   not arithmetic). **Changed:** `loaders.transforms` converts CPU tensors with numpy.
-- **D with 2 workers, small samples** (11-14k samples/s on 2026-12-01, below E; 27k on 2026-11-29; not yet
-  fixed). py-spy of `DataLoader(StreamingShardDataset(...), batch_size=None, num_workers=2)`: in each worker 37 %
-  of the time is multiprocessing's `resource_sharer` (torch's `file_descriptor` strategy: each batch tensor's fd
-  goes through a socket with an authentication handshake; C pays the same per batch) and 25 % the vectorized tar
-  header check (`canonical_mismatch`), whose fixed cost per call is paid per batch in a worker; the main process
-  is busy ~80 % receiving. Next: check headers once per block in workers too, and send one tensor per batch.
+- **D with 2 workers, small samples** (11-14k samples/s on 2026-12-01 before this change, below E). py-spy of
+  `DataLoader(StreamingShardDataset(...), batch_size=None, num_workers=2)`: 25 % of each worker in the tar header
+  check, called once per ~2 records (10,000 calls per worker per epoch against 8 in one process): a worker's share
+  of a window-shuffled epoch is two records here, two there, and each such run was read and checked as a block of
+  its own. **Changed:** `loaders.reader` reads samples of a shard with gaps of at most 64 KiB as one run (the
+  members in the gaps read and checked, not handed over); an epoch of 20,000 went from ~1.7 s to ~1.1 s. What
+  remains is the transfer: 37 % of each worker is multiprocessing's `resource_sharer` (torch's `file_descriptor`
+  strategy sends each batch tensor's fd through a socket with an authentication handshake; C pays it too), and the
+  main process is busy ~80 % receiving.
 - **Any reader with 2 workers, small samples** (D ≥ 3x E, C ≥ 5x B, C ≥ A): the DataLoader's per-batch transfer
   and worker start-up (train.py re-forks workers every epoch) cap every reader, the memmap ceilings included.
 - **5x B at cold cache, large samples**: this machine's disk reads the shard bytes cold at ~1.6-4.8k samples/s
