@@ -514,16 +514,8 @@ class MemmapCeiling(Approach):
         return map_loader(ds, workers, batch, epoch)
 
 
-class BatchedMemmap(Dataset):
+class BatchedMemmap(MemmapDataset):
     """The batched ceiling: a batch is one gather from a memmap, then one normalize / widen into fresh arrays."""
-
-    def __init__(self, out: Path) -> None:
-        self.x = np.load(out / "x.npy", mmap_mode="r")
-        self.y = np.load(out / "y.npy", mmap_mode="r")
-        self.mask = self.y.ndim > 1
-
-    def __len__(self) -> int:
-        return len(self.x)
 
     def raw(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
         idx = np.sort(np.asarray(indices, dtype=np.int64))

@@ -363,18 +363,21 @@ class RemoteStream(io.RawIOBase):
         parts: list[Any] = []  # memoryviews: joined with one copy
         need = n
         while need > 0:
-            if self._off >= len(self._buf):
-                data = self._chunk()
-                self._buf_start += len(self._buf)
-                self._buf, self._off = data, 0
-                if not self._buf:
-                    break
+            if self._off >= len(self._buf) and not self._next_chunk():
+                break
             take = min(need, len(self._buf) - self._off)
             parts.append(memoryview(self._buf)[self._off : self._off + take])
             self._off += take
             need -= take
         self._pos += n - need
         return b"".join(parts)
+
+    def _next_chunk(self) -> bool:
+        """Make the next chunk the current one; False at the end of the object."""
+        data = self._chunk()
+        self._buf_start += len(self._buf)
+        self._buf, self._off = data, 0
+        return bool(self._buf)
 
     def readall(self) -> bytes:
         parts = []
@@ -391,12 +394,8 @@ class RemoteStream(io.RawIOBase):
         view = memoryview(b).cast("B")
         n, got = len(view), 0
         while got < n:
-            if self._off >= len(self._buf):
-                data = self._chunk()
-                self._buf_start += len(self._buf)
-                self._buf, self._off = data, 0
-                if not self._buf:
-                    break
+            if self._off >= len(self._buf) and not self._next_chunk():
+                break
             take = min(n - got, len(self._buf) - self._off)
             view[got : got + take] = memoryview(self._buf)[self._off : self._off + take]
             self._off += take
