@@ -6,13 +6,13 @@ cannot seek, reading and dropping) over the samples it does not need. Samples of
 that come forward with gaps of at most :data:`COALESCE_BYTES` are one *run* (the members
 in the gaps are read and checked too, not handed over), read in blocks of whole members
 (up to :data:`BLOCK_BYTES`, at least one member: never more than the index, already
-checked against the manifest and the shard's size, allows). Before a block's records are handed over, every header in it is
-checked to be exactly the header the writer writes for that sample (its own member name,
-its size, the checksum; one vectorized comparison per block:
-:func:`shardwriter.format.canonical_mismatch`), so a shard swapped with another, cut short,
-shifted or with a damaged header is an error naming the shard and byte offset. A run that
-ends at a shard's last sample also checks the end-of-archive marker. Records are handed
-over as views into the block (no copy).
+checked against the manifest and the shard's size, allows). Before a block's records are
+handed over, every header in it is checked to be exactly the header the writer writes for
+that sample (its own member name, its size, the checksum; one vectorized comparison per
+block: :func:`shardwriter.format.canonical_mismatch`), so a shard swapped with another, cut
+short, shifted or with a damaged header is an error naming the shard and byte offset. A
+run that ends at a shard's last sample also checks the end-of-archive marker. Records are
+handed over as views into the block (no copy).
 """
 
 from __future__ import annotations
