@@ -467,11 +467,12 @@ PROFILES = """### Profiles behind the misses, and what was changed (py-spy / cPr
   calls per batch ~28 % of the time, per-sample Python (views, offsets, checks) ~30 %. **Changed:** a map-style
   dataset of small records maps its shards side by side into one reserved address range (`loaders.shardmap`) and
   gathers a whole batch with one vectorized index; hashes are compared as one array per batch. C now runs at
-  ~0.8-0.95x G-batched-dl. What remains is the DataLoader path itself: the same gather through it (G-batched-dl)
+  ~0.8-0.97x G-batched-dl. What remains is the DataLoader path itself: the same gather through it (G-batched-dl)
   runs at ~0.5x the bare gather (sampler, fetcher, collate per batch), which caps "C ≥ 0.5x G-batched".
-- **The per-sample check on small samples** (issue #9, ≤ 5 %): XXH3-64 of a 784-byte input is 0.14 µs per sample
-  here (`python -c` timeit of `xxhash.xxh3_64_intdigest` over a batch's rows; the call, not the hashing, is most
-  of it) against C's ~3.5 µs per sample: ~4 %, inside the epoch-to-epoch noise of a 0.1 s epoch on this machine.
+- **The per-sample check** (issue #9, ≤ 5 %): XXH3-64 costs 0.14 µs per small sample (784 bytes; the call,
+  not the hashing, is most of it) against C's ~3.6 µs per sample (~4 %), and 18.4 µs per large sample (495,616
+  bytes at 26.9 GB/s) against ~378 µs (~4.9 %); timeit of `xxhash.xxh3_64_intdigest` on this machine. Measured
+  side by side, the cost moves by ±5-10 % from run to run (short epochs, a shared machine).
 - **D, small samples** (10.6 µs of reader CPU per sample): per-member tar header parsing and one `read` per
   member. **Changed:** D reads blocks of up to 4 MiB, checks every header of a block with one vectorized
   comparison against what the index says it must be (`shardwriter.format.canonical_mismatch`), and joins a
