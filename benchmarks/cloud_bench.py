@@ -15,6 +15,12 @@ and ``gcp-storage-emulator`` when installed (the test extra installs both). Also
 map-style cold cache fill from HTTP (:meth:`~shardwriter.storage.Store.open_random` of every
 shard: download, sha256 check, rename). Loopback numbers show the client's overhead, not a
 network's: the emulators are themselves the slow part of their rows.
+
+Each row also gives this process's CPU per GiB (all its threads). With nginx, two more rows
+bound the HTTP client: the same reads with a read-ahead thread forced
+(``AI8X_SHARDS_READAHEAD=16M``), and the bytes alone received with ``http.client`` on one
+kept-alive connection into one reused buffer (no checks, no tar walk: the least CPU any
+Python reader of that socket can spend), beside the bytes alone read from the local files.
 """
 
 from __future__ import annotations
@@ -80,6 +86,40 @@ def stream_epoch(location: str, shards: list[str]) -> tuple[int, int]:
     return total, samples
 
 
+def bytes_only_local(location: str, shards: list[str]) -> tuple[int, int]:
+    """The shard bytes alone, ``readinto`` one reused buffer (no checks)."""
+    buf, total = bytearray(4 << 20), 0
+    for name in shards:
+        with open(Path(location) / name, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total, 0
+
+
+def bytes_only_http(location: str, shards: list[str]) -> tuple[int, int]:
+    """The shard bytes alone over one kept-alive ``http.client`` connection, received into one reused buffer."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    url = urlsplit(location)
+    conn = http.client.HTTPConnection(url.hostname, url.port)
+    view, total = memoryview(bytearray(4 << 20)), 0
+    try:
+        for name in shards:
+            conn.request("GET", f"{url.path}/{name}")
+            resp = conn.getresponse()
+            left = int(resp.headers["Content-Length"])
+            while left:
+                n = resp.readinto(view[: min(left, len(view))])
+                if not n:
+                    raise RuntimeError(f"{location}/{name}: the response ended {left} bytes early")
+                left -= n
+                total += n
+    finally:
+        conn.close()
+    return total, 0
+
+
 def cache_fill(location: str, shards: list[str]) -> tuple[int, int]:
     from shardwriter.storage import open_store
 
@@ -123,16 +163,17 @@ def run(mib: int = 64, workdir: str | os.PathLike[str] | None = None) -> list[di
         def measure(source: str, location: str, fn: Callable[[str, list[str]], tuple[int, int]] = stream_epoch,
                     note: str = "") -> None:
             open_store(location).read_manifest()  # not timed: the manifest (and client set-up)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             nbytes, samples = fn(location, shards)
-            dt = time.perf_counter() - t0
+            dt, cpu = time.perf_counter() - t0, time.process_time() - c0
             rows.append({"source": source, "mib_s": nbytes / dt / (1 << 20), "samples_s": samples / dt if samples else None,
-                         "seconds": dt, "note": note})
+                         "seconds": dt, "cpu_s_gib": cpu / (nbytes / (1 << 30)), "note": note})
 
         settings = {"AI8X_SHARDS_CACHE": str(tmp / "cache"), "AI8X_SHARDS_BACKOFF": "0.01", "AI8X_SHARDS_BACKOFF_MAX": "0.1",
                     "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
         with _env(settings), ExitStack() as stack:
             measure("local files", str(ds))
+            measure("local files, bytes only", str(ds), bytes_only_local, note="readinto one buffer, no checks")
             http = stack.enter_context(servers.RangeHTTPServer(tmp / "www"))
             measure("http (ours, stdlib)", http.url + "/ds")
             proxy = stack.enter_context(servers.FaultProxy(http.port))
@@ -144,6 +185,10 @@ def run(mib: int = 64, workdir: str | os.PathLike[str] | None = None) -> list[di
                 try:
                     nginx = stack.enter_context(servers.Nginx(tmp / "www", tmp / "nginx"))
                     measure("http (nginx)", nginx.url + "/ds")
+                    with _env({"AI8X_SHARDS_READAHEAD": "16M"}):
+                        measure("http (nginx), read-ahead thread", nginx.url + "/ds", note="AI8X_SHARDS_READAHEAD=16M")
+                    measure("http (nginx), bytes only", nginx.url + "/ds", bytes_only_http,
+                            note="http.client, one connection, one buffer, no checks")
                 except RuntimeError as exc:
                     rows.append({"source": "http (nginx)", "note": f"not run: {str(exc).splitlines()[0]}"})
             else:
@@ -174,13 +219,14 @@ def run(mib: int = 64, workdir: str | os.PathLike[str] | None = None) -> list[di
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'source':<36} {'MiB/s':>9} {'samples/s':>10} {'vs local':>9}  note", "-" * 80]
+    lines = [f"{'source':<36} {'MiB/s':>9} {'samples/s':>10} {'vs local':>9} {'CPU s/GiB':>10}  note", "-" * 96]
     for r in rows:
         if r.get("mib_s") is None:
-            lines.append(f"{r['source']:<36} {'-':>9} {'-':>10} {'-':>9}  {r.get('note', '')}")
+            lines.append(f"{r['source']:<36} {'-':>9} {'-':>10} {'-':>9} {'-':>10}  {r.get('note', '')}")
             continue
         sps = f"{r['samples_s']:.0f}" if r.get("samples_s") else "-"
-        lines.append(f"{r['source']:<36} {r['mib_s']:>9.1f} {sps:>10} {r['ratio']:>8.2f}x  {r.get('note', '')}")
+        lines.append(f"{r['source']:<36} {r['mib_s']:>9.1f} {sps:>10} {r['ratio']:>8.2f}x {r['cpu_s_gib']:>10.3f}  "
+                     f"{r.get('note', '')}")
     return "\n".join(lines)
 
 

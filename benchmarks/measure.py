@@ -16,7 +16,8 @@ each timed on its own ("first run").
    (``os.posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED)`` after an ``fsync``); then run one
    epoch at the batch size, timed from building the DataLoader (workers start inside
    the epoch, as in train.py, where workers are re-forked every epoch) to the last
-   batch. The warm epoch follows the cold one with the files left in the page cache; a
+   batch. The warm epoch follows the cold one with the files left in the page cache (with
+   no cold one before it, ``--cache warm``, the files are read once first); a
    short one (under :data:`WARM_SECONDS`) is run again, up to :data:`WARM_EPOCHS` epochs in
    all, and the fastest kept: a 0.1 s epoch on a shared machine is mostly its noise.
    Every batch is checked (every sample exactly once, its own target, float32 inputs);
@@ -86,6 +87,15 @@ def evict(paths: list[Path]) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def prewarm(paths: list[Path]) -> None:
+    """Read ``paths`` once, so that they are in the page cache."""
+    buf = bytearray(1 << 20)
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
 
 
 def disk_usage(paths: list[Path]) -> tuple[int, int]:
@@ -191,10 +201,14 @@ def measure(req: dict[str, Any], approach: Any, case: Any) -> dict[str, Any]:
     after = proc_status()
     runs: dict[str, Any] = {}
     epoch = req["epoch"]
+    cached = False  # evicted above
     for workers, cache in req["configs"]:
         name = f"w{workers}-{cache}"
         if cache == "cold":
             evict(files)
+        elif not cached:
+            prewarm(files)
+        cached = True
         best: dict[str, Any] | None = None
         spent, epochs = 0.0, 0
         while True:

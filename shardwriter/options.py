@@ -15,7 +15,10 @@ variable                        default              meaning
 ``AI8X_SHARDS_TIMEOUT``         30                   seconds: connect timeout and longest stall
 ``AI8X_SHARDS_BACKOFF``         0.5                  seconds before the first retry; doubles each time
 ``AI8X_SHARDS_BACKOFF_MAX``     20                   longest wait between retries, seconds
-``AI8X_SHARDS_READAHEAD``       16M                  bytes read ahead by a thread; 0: no thread
+``AI8X_SHARDS_READAHEAD``       auto                 bytes read ahead by a thread; 0: no thread; auto:
+                                                     none over HTTP and S3 (the TCP receive buffer reads
+                                                     ahead; bytes go straight into the reader's buffer),
+                                                     16M for GCS and ``pipe:``
 ``AI8X_SHARDS_CACHE``           ~/.cache/ai8x-shards local cache of remote shards
 ``AI8X_SHARDS_CACHE_BYTES``     64G                  cache size cap (K, M, G, T suffixes)
 ``AI8X_SHARDS_ALLOW_PIPE``      0                    1: allow ``pipe:`` locations (run without a shell)
@@ -65,7 +68,7 @@ class Options:
     timeout: float = 30.0
     backoff: float = 0.5
     backoff_max: float = 20.0
-    readahead: int = 16 << 20
+    readahead: int | None = None  # None: each backend's own (RemoteStore.readahead)
     chunk: int = 4 << 20
     cache_dir: str = ""  # "" -> default_cache_dir()
     cache_bytes: int = 64 << 30
@@ -83,6 +86,9 @@ class Options:
                     raise SettingsError(f"option {f.name} must be a non-negative number, not {v!r}")
         if self.timeout <= 0:
             raise SettingsError(f"option timeout must be positive, not {self.timeout!r}")
+        if self.readahead is not None and (isinstance(self.readahead, bool) or not isinstance(self.readahead, int)
+                                           or self.readahead < 0):
+            raise SettingsError(f"option readahead must be a non-negative number of bytes or None (auto), not {self.readahead!r}")
         if self.chunk < 1:
             raise SettingsError(f"option chunk must be at least 1 byte, not {self.chunk!r}")
         if not isinstance(self.cache_dir, str):
@@ -127,12 +133,16 @@ def _flag(text: str) -> bool:
     raise SettingsError("expected 1 or 0")
 
 
+def _readahead(text: str) -> int | None:
+    return None if text.lower() == "auto" else parse_bytes(text)
+
+
 _ENV = (
     ("AI8X_SHARDS_RETRIES", "retries", int),
     ("AI8X_SHARDS_TIMEOUT", "timeout", float),
     ("AI8X_SHARDS_BACKOFF", "backoff", float),
     ("AI8X_SHARDS_BACKOFF_MAX", "backoff_max", float),
-    ("AI8X_SHARDS_READAHEAD", "readahead", parse_bytes),
+    ("AI8X_SHARDS_READAHEAD", "readahead", _readahead),
     ("AI8X_SHARDS_CACHE", "cache_dir", str),
     ("AI8X_SHARDS_CACHE_BYTES", "cache_bytes", parse_bytes),
     ("AI8X_SHARDS_ALLOW_PIPE", "allow_pipe", _flag),

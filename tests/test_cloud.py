@@ -244,6 +244,8 @@ HTTP_FAULTS = {
     "503s": ([Fault("503")] * 3, {}),
     "resets": ([Fault("reset", after=7000), Fault("reset", after=1), Fault("reset", after=20000)], {}),
     "resets-no-readahead": ([Fault("reset", after=9000)] * 3, {"AI8X_SHARDS_READAHEAD": "0"}),
+    "resets-readahead-thread": ([Fault("reset", after=9000), Fault("reset", after=1), Fault("reset", after=30000)],
+                                {"AI8X_SHARDS_READAHEAD": "16K"}),
     "stall-past-timeout": ([Fault("stall", after=5000)], {"AI8X_SHARDS_TIMEOUT": "1"}),
     "server-ignores-range": ([Fault("reset", after=12000), Fault("strip_range")], {}),
     "slow-link": ([Fault("slow", rate=500_000)], {}),
@@ -270,7 +272,7 @@ def test_http_stream_survives_faults_byte_identical(data, proxy, env, case):
     else:
         assert len(gets) == failing
     resumed = [int(g.range.split("=")[1].rstrip("-")) for g in gets[1:]]
-    if case in ("resets", "resets-no-readahead"):
+    if case.startswith("resets"):
         assert resumed == sorted(resumed) and resumed[-1] > 0  # each retry starts where the last stopped
     if case == "server-ignores-range":
         assert resumed == [12000]  # asked from 12000; the server sent all and 12000 bytes were skipped
@@ -365,6 +367,75 @@ def test_object_replaced_while_streaming_is_an_error_not_a_splice(data, http, en
         with pytest.raises(StorageError, match="changed while it was being read"):
             f.read()
         f.close()
+
+
+STREAM_MODES = {  # (AI8X_SHARDS_READAHEAD, chunk): how the bytes reach the reader
+    "auto (HTTP: received into the reader's buffer)": (None, 4 << 20),
+    "a thread, 4 buffers": ("16K", 4096),
+    "a thread, 1 buffer": ("4K", 4096),
+    "a thread, odd sizes": ("7000", 3001),
+}
+
+
+@pytest.mark.parametrize("mode", list(STREAM_MODES))
+@pytest.mark.parametrize("buffered", [False, True], ids=["raw stream", "open_read"])
+def test_remote_reads_are_exact_and_stay_so_after_later_reads(data, proxy, env, mode, buffered):
+    """Seeded random reads, readintos and seeks, each checked against the file; then every earlier result
+    again, after the buffers it was read from have been refilled (a view handed out would have changed)."""
+    _, ds, _ = data
+    readahead, chunk = STREAM_MODES[mode]
+    if readahead is not None:
+        env.setenv("AI8X_SHARDS_READAHEAD", readahead)
+    name = shard_names(ds)[1]
+    want = (ds / name).read_bytes()
+    rng = np.random.default_rng(len(mode) + buffered)
+    store = open_store(proxy.url + "/ds", Options.from_env(chunk=chunk))
+    kept: list[tuple[int, bytes]] = []
+    with (store.open_read(name) if buffered else store.stream(name)) as f:
+        for _ in range(300):
+            pos, op = f.tell(), rng.integers(5)
+            if op <= 1:
+                n = int(rng.integers(0, 3 * chunk if chunk < 1 << 20 else 20000))
+                got = f.read(n)
+                assert got == want[pos : pos + n], (pos, n)
+                kept.append((pos, got))
+            elif op == 2:
+                b = bytearray(int(rng.integers(1, 20000)))
+                k = f.readinto(b)
+                assert bytes(b[:k]) == want[pos : pos + len(b)]
+                kept.append((pos, bytes(b[:k])))
+            elif op == 3:
+                f.seek(int(rng.integers(0, len(want))))
+            else:
+                f.seek(int(rng.integers(-500, 500)), os.SEEK_CUR) if pos >= 500 else f.seek(pos + 100)
+        pos = f.tell()
+        assert f.read() == want[pos:]
+    assert all(got == want[pos : pos + len(got)] for pos, got in kept)
+
+
+def test_readahead_auto_is_per_backend(data, proxy, env):
+    """auto: no thread over HTTP (the socket buffers ahead; bytes go straight into the reader's buffer),
+    a thread for ``pipe:`` (its 64 KiB pipe stops the command while nobody reads); a number forces it."""
+    _, ds, _ = data
+    assert Options.from_env({"AI8X_SHARDS_READAHEAD": "auto"}).readahead is None and Options().readahead is None
+    assert Options.from_env({"AI8X_SHARDS_READAHEAD": "1M"}).readahead == 1 << 20
+    with pytest.raises(SettingsError, match="readahead"):
+        Options(readahead=-1)
+    with pytest.raises(SettingsError, match="AI8X_SHARDS_READAHEAD"):
+        Options.from_env({"AI8X_SHARDS_READAHEAD": "soon"})
+    name = shard_names(ds)[0]
+    env.setenv("AI8X_SHARDS_ALLOW_PIPE", "1")
+
+    def threads_while_reading(location: str) -> int:
+        before = set(threading.enumerate())
+        with open_store(location).stream(name) as f:
+            assert f.read(100) == (ds / name).read_bytes()[:100]
+            return sum(t.name == "ai8x-shards-readahead" for t in set(threading.enumerate()) - before)
+
+    assert threads_while_reading(proxy.url + "/ds") == 0
+    assert threads_while_reading(f"pipe:cat {ds}/{{name}}") == 1
+    env.setenv("AI8X_SHARDS_READAHEAD", "1M")
+    assert threads_while_reading(proxy.url + "/ds") == 1
 
 
 def test_seek_and_tell_on_a_remote_stream(data, proxy, env):

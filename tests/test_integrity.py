@@ -396,12 +396,13 @@ def _streaming_reader(url: str, box: dict) -> threading.Thread:
     return t
 
 
+@pytest.mark.parametrize("readahead", ["0", "16K"], ids=["received into the reader's buffer", "a read-ahead thread"])
 @pytest.mark.parametrize("where", ["sample", "padding", "padding, sha256 only"])
-def test_http_bytes_that_change_between_requests_without_etag(base, tmp_path, monkeypatch, where):
+def test_http_bytes_that_change_between_requests_without_etag(base, tmp_path, monkeypatch, where, readahead):
     """The server sends no ETag or Last-Modified; the shard changes (same size) while the reader retries."""
     for k in ("AI8X_SHARDS_BACKOFF", "AI8X_SHARDS_BACKOFF_MAX"):
         monkeypatch.setenv(k, "0.01")
-    monkeypatch.setenv("AI8X_SHARDS_READAHEAD", "0")
+    monkeypatch.setenv("AI8X_SHARDS_READAHEAD", readahead)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     (tmp_path / "www").mkdir()
     d = tmp_path / "www" / "ds"

@@ -17,7 +17,7 @@ from .base import Transient
 from .clients import gcs_bucket, network_errors
 from .http import permanent_network_error
 from .locations import split_bucket
-from .remote import Meta, RemoteStore
+from .remote import THREAD_READAHEAD, Meta, RemoteStore
 
 _CHUNK = 8 << 20
 _MIN_CHUNK = 256 << 10
@@ -52,28 +52,45 @@ class _Response:
         self.start, self.total, self.tag, self.end = start, int(blob.size), str(blob.generation), None
         self._pos, self._buf, self._off = start, b"", 0
 
+    def _fill(self) -> bool:
+        """Download the next range once the last one is used up; False at the end of the object."""
+        if self._off < len(self._buf):
+            return True
+        if self._pos >= self.total:
+            return False
+        size = min(self._meta.request, _CHUNK)
+        end = min(self._pos + size, self.total) - 1
+        try:
+            self._buf = self._blob.download_as_bytes(
+                start=self._pos, end=end, raw_download=True, checksum=None, retry=None,
+                timeout=self._opts.timeout, if_generation_match=self._blob.generation,
+            )
+        except Exception as exc:
+            self._meta.request = max(_MIN_CHUNK, size // 4)
+            raise classify(self._url, exc) from None
+        self._meta.request = min(_CHUNK, size * 2)
+        self._off = 0
+        if len(self._buf) > end + 1 - self._pos:
+            raise Transient(f"asked for bytes {self._pos}-{end}, got {len(self._buf)} bytes")
+        return True
+
     def read(self, n: int) -> bytes:
-        if self._off >= len(self._buf):
-            if self._pos >= self.total:
-                return b""
-            size = min(self._meta.request, _CHUNK)
-            end = min(self._pos + size, self.total) - 1
-            try:
-                self._buf = self._blob.download_as_bytes(
-                    start=self._pos, end=end, raw_download=True, checksum=None, retry=None,
-                    timeout=self._opts.timeout, if_generation_match=self._blob.generation,
-                )
-            except Exception as exc:
-                self._meta.request = max(_MIN_CHUNK, size // 4)
-                raise classify(self._url, exc) from None
-            self._meta.request = min(_CHUNK, size * 2)
-            self._off = 0
-            if len(self._buf) > end + 1 - self._pos:
-                raise Transient(f"asked for bytes {self._pos}-{end}, got {len(self._buf)} bytes")
+        if not self._fill():
+            return b""
         out = self._buf[self._off : self._off + n]
         self._off += len(out)
         self._pos += len(out)
         return out
+
+    def readinto(self, view: memoryview) -> int:
+        """Copy from the downloaded range straight into ``view`` (no intermediate slice)."""
+        if not self._fill():
+            return 0
+        n = min(len(view), len(self._buf) - self._off)
+        view[:n] = memoryview(self._buf)[self._off : self._off + n]
+        self._off += n
+        self._pos += n
+        return n
 
     def close(self) -> None:
         self._buf = b""
@@ -84,6 +101,7 @@ class GcsStore(RemoteStore):
 
     kind = "gs"
     writable = True
+    readahead = THREAD_READAHEAD  # a ranged request completes before its bytes can be used
 
     def _bucket(self, name: str) -> tuple[str, Any, str]:
         url = self.url(name)

@@ -60,6 +60,22 @@ class _Response:
         except (OSError, http.client.HTTPException) as exc:
             raise Transient(f"{type(exc).__name__}: {exc}") from None
 
+    def readinto(self, view: memoryview) -> int:
+        """One receive straight into ``view``: from the socket's buffered reader, with the body length
+        http.client tracks kept up to date (a chunked or unsized body goes through ``read1``)."""
+        resp = self._resp
+        fp, length = getattr(resp, "fp", None), getattr(resp, "length", None)
+        if getattr(resp, "chunked", True) or length is None or not hasattr(fp, "readinto1"):
+            data = self.read(len(view))
+            view[: len(data)] = data
+            return len(data)
+        try:
+            n = fp.readinto1(view[: min(len(view), length)]) if length else 0
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            raise Transient(f"{type(exc).__name__}: {exc}") from None
+        resp.length = length - n
+        return n
+
     def close(self) -> None:
         try:
             self._resp.close()
@@ -71,12 +87,19 @@ class HttpStore(RemoteStore):
     """A dataset served over HTTP(S); Range requests are used where the server honours them."""
 
     kind = "http"
+    _opened: urllib.request.OpenerDirector | None = None
+
+    def _opener(self) -> urllib.request.OpenerDirector:
+        """One opener per store (building one costs ~0.2 ms: as much as a GET of a small shard on loopback)."""
+        if self._opened is None:
+            self._opened = urllib.request.build_opener()
+        return self._opened
 
     def _get(self, name: str, offset: int, meta: Meta) -> Any:
         url = self.url(name)
         req = urllib.request.Request(url, headers={"Range": f"bytes={offset}-", "Accept-Encoding": "identity", "User-Agent": USER_AGENT})
         try:
-            resp = urllib.request.build_opener().open(req, timeout=self.opts.timeout)
+            resp = self._opener().open(req, timeout=self.opts.timeout)
         except urllib.error.HTTPError as exc:
             code, reason, headers = exc.code, exc.reason, exc.headers
             exc.close()

@@ -20,7 +20,7 @@ from ..errors import SettingsError, StorageError
 from ..options import Options
 from .base import Transient
 from .locations import PIPE, object_url, pipe_argv
-from .remote import Meta, RemoteStore
+from .remote import THREAD_READAHEAD, Meta, RemoteStore
 
 
 class _Response:
@@ -35,13 +35,19 @@ class _Response:
             raise StorageError(f"{url}: cannot run {argv[0]!r} ({exc.strerror or exc})") from None
 
     def read(self, n: int) -> bytes:
+        buf = bytearray(min(n, 1 << 16))  # a pipe holds 64 KiB: never allocate more per read
+        got = self.readinto(memoryview(buf))
+        return bytes(buf[:got])
+
+    def readinto(self, view: memoryview) -> int:
+        """One read of the command's output straight into ``view``; 0 once it has exited cleanly."""
         assert self._p.stdout is not None
         fd = self._p.stdout.fileno()
         ready, _, _ = select.select([fd], [], [], self._timeout)
         if not ready:
             raise Transient(f"the command wrote nothing for {self._timeout:g} s")
-        data = os.read(fd, n)
-        if not data:
+        got = os.readv(fd, [view])
+        if not got:
             try:
                 rc = self._p.wait(timeout=self._timeout)
             except subprocess.TimeoutExpired:
@@ -50,7 +56,7 @@ class _Response:
                 self._err.seek(0)
                 tail = self._err.read()[-300:].decode("utf-8", "replace").strip()
                 raise StorageError(f"{self._url}: the command exited with status {rc}" + (f": {tail}" if tail else ""))
-        return data
+        return got
 
     def close(self) -> None:
         if self._p.poll() is None:
@@ -65,6 +71,7 @@ class PipeStore(RemoteStore):
     """A command per file (see the module docstring)."""
 
     kind = "pipe"
+    readahead = THREAD_READAHEAD  # a pipe buffers 64 KiB: without a reader the command stops
 
     def __init__(self, location: str, opts: Options) -> None:
         if not location.startswith(PIPE):
