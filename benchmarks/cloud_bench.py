@@ -79,7 +79,8 @@ def stream_epoch(location: str, shards: list[str]) -> tuple[int, int]:
     total = samples = 0
     for name in shards:
         entry = manifest.entry(name)
-        with store.open_read(name, size=entry.bytes, sha256=entry.sha256) as f:
+        xxh3 = getattr(entry, "xxh3", None)  # the whole-shard digest the streaming dataset checks
+        with store.open_read(name, size=entry.bytes, sha256=entry.sha256, xxh3=xxh3) as f:
             for member in fmt.iter_tar_members(f, name, entry.bytes):
                 samples += 1
                 total += fmt.BLOCK + len(member.payload)
