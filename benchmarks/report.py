@@ -460,8 +460,8 @@ def plot(summary: dict[str, Any], path: Any, workers: int) -> str | None:
 
 
 #: What the profiles said where a floor was missed (py-spy, separate runs on the same machine,
-#: 2026-11-29, with the loaders as they were then). Static text: re-profile after changes.
-PROFILES = """### Profiles behind the misses, and what was changed (py-spy / cProfile; separate runs, 2026-11-29 and 2026-12-01)
+#: 2026-11-29 to 2026-12-01, with the loaders as they were then). Static text: re-profile after changes.
+PROFILES = """### Profiles behind the misses, and what was changed (py-spy / cProfile; separate runs, 2026-11-29 to 2026-12-01)
 
 - **C, small samples (issue #12: 0.30x the batched memmap through the same DataLoader).** py-spy: 32 `preadv`
   calls per batch ~28 % of the time, per-sample Python (views, offsets, checks) ~30 %. **Changed:** a map-style
@@ -484,11 +484,21 @@ PROFILES = """### Profiles behind the misses, and what was changed (py-spy / cPr
   was 21 % of the reader's CPU. **Changed:** the manifest carries an XXH3-128 of each shard (sha256 stays for
   verify and the cache), checked instead when present: the same protection against damage (the manifest comes
   from the same server, so a cryptographic hash adds nothing against tampering there) at ~2 % of sha256's CPU.
-  What remains (py-spy, D over nginx on 127.0.0.1, large samples): `socket.readinto` takes ~1.7x the CPU of
-  reading the same bytes from the page cache (17 % of the reader's samples against 15 % for `read` of a local
-  file, on a 1.5x longer run), and the read-ahead thread's buffer is copied once more into the reader's block
-  (`RemoteStream.readinto`, ~7 %). Handing read-ahead buffers to the reader without that copy is the next step;
-  the socket cost is the kernel's.
+  Then (2026-12-01; py-spy, page-fault counts and CPU per byte of the stream alone): the read-ahead thread
+  received each chunk with a 4 MiB `read1` into a fresh bytes object (allocated in the thread's malloc arena, freed
+  in the reader's): a page fault per ~9 KiB, 108,000 for 947 MiB; the chunk was then copied again into the reader's
+  block; and every shard paid a thread start (~0.5 ms: `Thread.start` waits for the new thread to get the GIL) and a
+  new urllib opener (~0.2 ms), 1.1 ms of CPU per shard: a fifth of a small-sample epoch of 2 MiB shards.
+  **Changed:** over HTTP and S3 (TCP: the kernel's receive buffer reads ahead) a stream starts no thread; reads of
+  256 KiB or more are received straight into the reader's block (one copy, as `pread` does), smaller ones through
+  one recycled buffer per stream; one opener per store; the read-ahead thread GCS and `pipe:` keep fills recycled
+  buffers. The stream alone over nginx, 947 MiB: 0.56-0.60 s of CPU before, 0.25 s after (a kept-alive `http.client`
+  receiving into one buffer: 0.17-0.22 s; reading the page cache: 0.09 s). Side by side (`ai8x-shards bench --only
+  D,D-http --large 2000 --cache warm`): no thread 0.86x local at 1.14x the CPU (large) and 0.87x at 1.10x (small);
+  the thread forced (`AI8X_SHARDS_READAHEAD=16M`) 0.84x at 1.31x and 0.79x at 1.29x. What remains is the kernel's:
+  receiving from a loopback socket costs ~2-3x reading the page cache (`python -m benchmarks.cloud_bench`, "bytes
+  only" rows); then the whole-shard XXH3-128 (~0.05 s per GB) and ~0.36 ms per shard for its request (connect,
+  urllib, header parsing; a kept-alive connection would save ~0.1 ms of it).
 - **Large samples, any reader with DataLoader workers.** In C's workers 36 % of the time went to
   `UntypedStorage._share_fd_cpu_`: the finished batch (79 MB: float32 inputs and int64 masks) was copied into
   `/dev/shm` to reach the main process. **Changed:** `ShardDataset.__getitems__` + the entry's `collate` send the

@@ -9,6 +9,7 @@ bounded by the client timeout, and every wait has a generous deadline.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import shutil
@@ -411,6 +412,39 @@ def test_remote_reads_are_exact_and_stay_so_after_later_reads(data, proxy, env, 
         pos = f.tell()
         assert f.read() == want[pos:]
     assert all(got == want[pos : pos + len(got)] for pos, got in kept)
+
+
+@pytest.mark.parametrize("mode", ["received into the reader's buffer", "a read-ahead thread"])
+def test_a_whole_stream_is_checked_against_its_digest_however_its_bytes_arrive(data, proxy, env, monkeypatch, mode):
+    """Reads of mixed sizes (through the stream's own buffer, straight into the caller's, or from the
+    thread's buffers) give the shard's bytes, and every byte went into the whole-shard digest: a wrong
+    digest is an IntegrityError before the last bytes are handed over."""
+    from shardwriter.storage import remote
+
+    _, ds, _ = data
+    if mode == "a read-ahead thread":
+        env.setenv("AI8X_SHARDS_READAHEAD", "16K")
+    else:
+        monkeypatch.setattr(remote, "DIRECT_BYTES", 3000)  # small test shards: both paths in one read
+    name = shard_names(ds)[2]
+    want = (ds / name).read_bytes()
+    digest = entry(proxy.url + "/ds", name).xxh3
+    store = open_store(proxy.url + "/ds", Options.from_env(chunk=4096))
+
+    def read_all(xxh3: str) -> bytes:
+        out = bytearray()
+        with store.stream(name, size=len(want), xxh3=xxh3) as f:
+            for size in itertools.cycle((10, 5000, 700, 20000, 1)):
+                b = bytearray(size)
+                n = f.readinto(b)
+                if not n:
+                    return bytes(out)
+                out += b[:n]
+
+    assert read_all(digest) == want
+    wrong = f"{int(digest, 16) ^ 1:032x}"
+    with pytest.raises(IntegrityError, match=f"XXH3-128 {digest} does not match the manifest's {wrong}"):
+        read_all(wrong)
 
 
 def test_readahead_auto_is_per_backend(data, proxy, env):
