@@ -32,7 +32,6 @@ import os
 import queue
 import threading
 from abc import abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -192,26 +191,22 @@ class _Resumer:
         self._failures = 0
 
     def readinto(self, view: memoryview) -> int:
-        """Receive up to ``len(view)`` bytes straight into ``view``; 0 at the end of the object."""
-        return self._step(lambda resp: _receive_into(resp, view)) or 0
-
-    def _step(self, receive: Callable[[Any], Any]) -> Any:
-        """One receive (``receive(response)`` gives bytes or a count), resuming across faults; None at the end."""
+        """One receive of up to ``len(view)`` bytes straight into ``view``, resuming across faults;
+        0 at the end of the object."""
         while True:
             if self.meta.size is not None and self.pos >= self.meta.size:
                 self.close()
-                return None
+                return 0
             if self.stop.is_set():
                 raise StorageError(f"{self.url}: stream closed")
             try:
                 if self._resp is None:
                     self._resp = self._open()
-                got = receive(self._resp)
-                n = got if isinstance(got, int) else len(got)
+                n = _receive_into(self._resp, view)
                 if not n:
                     if self.meta.size is None:
                         self.close()
-                        return None
+                        return 0
                     end = getattr(self._resp, "end", None)
                     if end is not None and self.pos >= end:  # a server that sends open ranges in parts
                         self.close()
@@ -224,7 +219,7 @@ class _Resumer:
             self._failures = 0
             if self.meta.size is not None and self.pos > self.meta.size:
                 raise FormatError(f"{self.url}: more than the {self.meta.size} bytes {self.meta.size_from} gives")
-            return got
+            return n
 
     def _open(self) -> Any:
         resp = self.store._get(self.name, self.pos, self.meta)
