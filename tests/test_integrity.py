@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import threading
@@ -513,7 +514,13 @@ def test_a_mapped_shard_zeroed_in_place_under_a_running_loader_is_caught(ds, wor
 
 
 def test_a_mapped_shard_truncated_under_a_running_loader_kills_the_worker_loudly(ds):
-    """The documented caveat (README, Troubleshooting): SIGBUS in the worker, reported by DataLoader; never data."""
+    """The documented caveat (README, Troubleshooting): SIGBUS in the worker, reported by DataLoader; never data.
+
+    A worker that dies while the main process takes a finished batch's tensors from it (their file
+    descriptors come over a socket from the worker) surfaces as multiprocessing's ``EOFError`` instead.
+    """
     path = ds / "train-000002.tar"
-    with pytest.raises(RuntimeError, match=r"DataLoader worker .*(killed by signal: Bus error|exited unexpectedly)"):
+    with pytest.raises((RuntimeError, EOFError)) as err:
         _epochs_with_damage_between(ds, lambda: os.truncate(path, path.stat().st_size // 2), 2)
+    if err.type is RuntimeError:
+        assert re.search(r"DataLoader worker .*(killed by signal: Bus error|exited unexpectedly)", str(err.value)), err.value
