@@ -492,11 +492,12 @@ PROFILES = """### Profiles behind the misses, and what was changed (py-spy / cPr
   **Changed:** over HTTP and S3 (TCP: the kernel's receive buffer reads ahead) a stream starts no thread; reads of
   256 KiB or more are received straight into the reader's block (one copy, as `pread` does), smaller ones through
   one recycled buffer per stream; one opener per store; the read-ahead thread GCS and `pipe:` keep fills recycled
-  buffers. The stream alone over nginx, 947 MiB: 0.56-0.60 s of CPU before, 0.25 s after (a kept-alive `http.client`
-  receiving into one buffer: 0.17-0.22 s; reading the page cache: 0.09 s). Side by side (`ai8x-shards bench --only
+  buffers. The stream alone over nginx (`python -m benchmarks.cloud_bench --mib 256`, "bytes only" rows, CPU per
+  GiB): our stream 0.46 s (digest checked), a kept-alive `http.client` into one buffer 0.28 s, the page cache 0.11 s;
+  the same 4 MiB read loop without the digest took ~0.62 s per GiB before the change and ~0.27 s after. Side by side (`ai8x-shards bench --only
   D,D-http --large 2000 --cache warm`): no thread 0.86x local at 1.14x the CPU (large) and 0.87x at 1.10x (small);
   the thread forced (`AI8X_SHARDS_READAHEAD=16M`) 0.84x at 1.31x and 0.79x at 1.29x. What remains is the kernel's:
-  receiving from a loopback socket costs ~2-3x reading the page cache (`python -m benchmarks.cloud_bench`, "bytes
+  receiving from a loopback socket costs ~2.5-5x reading the page cache (`python -m benchmarks.cloud_bench`, "bytes
   only" rows); then the whole-shard XXH3-128 (~0.05 s per GB) and ~0.36 ms per shard for its request (connect,
   urllib, header parsing; a kept-alive connection would save ~0.1 ms of it).
 - **Large samples, any reader with DataLoader workers.** In C's workers 36 % of the time went to
