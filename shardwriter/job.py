@@ -16,7 +16,10 @@ resume point and histogram together, never one output ahead of another.
 dataset: shards renamed to their final names in order (an empty one dropped, and keys
 renumbered where skipped inputs shifted them), manifests written last. It works from
 the journal alone and is idempotent, so a kill during assembly is resumed too, and its
-result is byte-identical however the work was cut (workers, parts, kills).
+result is byte-identical however the work was cut (workers, parts, kills). A merge first
+writes the parts' sealed records, atomically, as the journal of the same job run in one
+piece (part 1/1), then removes the part journals and assembles that one: no kill can
+leave some part journals gone and the dataset unassembled.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ def journal_name(part: tuple[int, int] | None = None) -> str:
     return JOURNAL_PREFIX if part is None or part == (1, 1) else f"{JOURNAL_PREFIX}-{part[0]}-of-{part[1]}"
 
 
-def _line(record: dict[str, Any]) -> bytes:
+def journal_line(record: dict[str, Any]) -> bytes:
     body = json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return f"{body} {xxhash.xxh3_64_hexdigest(body.encode())}\n".encode()
 
@@ -79,8 +82,8 @@ class Journal:
         self.fd: int | None = None
 
     def create(self, header: dict[str, Any]) -> None:
-        write_atomic_named(self.path, _line(header))
-        self._open(len(_line(header)))
+        write_atomic_named(self.path, journal_line(header))
+        self._open(len(journal_line(header)))
 
     def _open(self, length: int) -> None:
         try:
@@ -95,7 +98,7 @@ class Journal:
 
     def append(self, record: dict[str, Any]) -> None:
         assert self.fd is not None
-        data = _line(record)
+        data = journal_line(record)
         try:
             n = os.write(self.fd, data)
             if n != len(data):
@@ -238,7 +241,8 @@ def _place(d: Path, split: str, number: int, tmp: Path, tmp_index: Path, info: d
             got = rebuild_shard(tmp, tmp_index, [Segment(0, info["bytes"] - len(fmt.TAR_END), 0, count)], first, final, final_index)
             tmp.unlink(missing_ok=True)
             tmp_index.unlink(missing_ok=True)
-        else:  # renamed by an earlier, interrupted assembly
+        else:  # rebuilt by an earlier, interrupted assembly (killed before its temporary index was removed?)
+            tmp_index.unlink(missing_ok=True)
             got = {"count": count, "bytes": _size(final), **file_digests(final), "index_bytes": _size(final_index),
                    "index_sha256": file_sha256(final_index)}
     else:

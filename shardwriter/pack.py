@@ -50,10 +50,12 @@ from .job import (
     PackJob,
     assemble,
     final_fingerprint,
+    journal_line,
     journal_name,
     read_journal,
     sealed_record,
     shard_keys,
+    write_atomic_named,
 )
 from .lock import LOCK_PREFIX, OutLock, deciding, held, lock_name
 from .plan import Plan, ShardPlan, make_plan
@@ -422,13 +424,18 @@ def _open_job(out: Path, dirs: list[Path], header: dict[str, Any], settings: Set
                 raise PackError(f"{out} already holds a different dataset: {got}; pass --overwrite to replace it, "
                                 "or choose another output folder")
             _clean(out, dirs)
-        elif not sibling and any(not p.name.startswith(LOCK_PREFIX) for d in {out, *dirs} for p in our_files(d)):
+        elif not sibling and any(not _uncommitted(p) for d in {out, *dirs} for p in our_files(d)):
             if not overwrite:
                 raise PackError(f"{out} already holds a different (or partial) dataset; pass --overwrite to replace it, "
                                 "or choose another output folder")
             _clean(out, dirs)
     journal.create(header)
     return PackJob(header)
+
+
+def _uncommitted(p: Path) -> bool:
+    """A lock file, or a job journal never put under its name (a run killed before it began): nothing written."""
+    return p.name.startswith(LOCK_PREFIX) or (p.name.startswith("." + JOURNAL_PREFIX) and p.name.endswith(".tmp"))
 
 
 def _compare_finished(manifests: list[fmt.Manifest], dirs: list[Path], header: dict[str, Any], settings: Settings,
@@ -781,17 +788,26 @@ def _out_state(out: Path, dirs: list[Path], header: dict[str, Any], settings: Se
 
 
 def merge(out: str | os.PathLike[str]) -> PackResult:
-    """Assemble the parts of a ``--part K/N`` job, all present in ``out``: the same dataset as one pack."""
+    """Assemble the parts of a ``--part K/N`` job, all present in ``out``: the same dataset as one pack.
+
+    Crash-safe in three steps, each one file operation a re-run can tell from the others: (1) the
+    parts' journals are checked and their sealed shards written, atomically, as the journal of
+    the same job packed in one run (``.ai8x-shards-job``, part 1/1); (2) the part journals are
+    removed; (3) that journal is assembled like a one-run pack's and removed. A merge killed
+    anywhere is finished by merging again (or by the one-run ``pack`` command, which resumes
+    that journal)."""
     out = Path(out)
-    paths = sorted(p for p in out.glob(JOURNAL_PREFIX + "-*-of-*") if re.match(r"^\.ai8x-shards-job-\d+-of-\d+$", p.name))
-    if not paths:
-        done = [m for d in ([out, *sorted(p for p in out.iterdir() if p.is_dir())] if out.is_dir() else [])
-                for m in (_manifests([d]) or [])]
-        if done:  # merged already (a merge killed after its manifests, or run twice)
-            return PackResult(done, status="unchanged")
-        raise SettingsError(f"{out}: no parts to merge (no {JOURNAL_PREFIX}-K-of-N journals); pack with --part K/N first, "
-                            "then gather every part's folder here (rsync -a part/ OUT/)")
-    with OutLock(out, None, "merge"):
+    if not out.is_dir():
+        raise SettingsError(f"{out}: no such folder; pack with --part K/N into it first, then merge")
+    whole = out / journal_name()
+    with OutLock(out, None, "merge"):  # taken even when done: it clears the lock file of a merge killed at its end
+        paths = sorted(p for p in out.glob(JOURNAL_PREFIX + "-*-of-*") if re.match(r"^\.ai8x-shards-job-\d+-of-\d+$", p.name))
+        if not paths and not whole.is_file():
+            done = [m for d in [out, *sorted(p for p in out.iterdir() if p.is_dir())] for m in (_manifests([d]) or [])]
+            if done:  # merged already (or run twice)
+                return PackResult(done, status="unchanged")
+            raise SettingsError(f"{out}: no parts to merge (no {JOURNAL_PREFIX}-K-of-N journals); pack with --part K/N "
+                                "first, then gather every part's folder here (rsync -a part/ OUT/)")
         for p in sorted(out.glob(LOCK_PREFIX + "-*")):
             who = held(out, p.name)
             if who:
@@ -802,35 +818,57 @@ def merge(out: str | os.PathLike[str]) -> PackResult:
             if not records:
                 raise PackError(f"{p}: an empty or damaged job journal; pack that part again")
             jobs.append(PackJob(records[0], records[1:]))
-        first = jobs[0].header
-        n = first["part"][1]
-        for j, p in zip(jobs, paths):
-            if not _same_job(j.header, first, part=False) or j.header["part"][1] != n:
-                raise PackError(f"{p}: part {j.header['part'][0]}/{j.header['part'][1]} was packed from other inputs or "
-                                f"options than {paths[0].name} ({_what_changed(first['options'], j.header['options'], first['inputs'], j.header['inputs'], first['fingerprint'] == j.header['fingerprint'])}); "
-                                "pack every part with the same command and inputs")
-        have = {j.header["part"][0] for j in jobs}
-        lacking = [k for k in range(1, n + 1) if k not in have]
-        if lacking:
-            raise PackError(f"{out}: part(s) {', '.join(f'{k}/{n}' for k in lacking)} missing; run them (pack ... --part K/{n} "
-                            f"into this folder, or copy their folders here), then merge again")
-        sealed: dict[tuple[str, int], dict[str, Any]] = {}
-        total = 0
-        for j in jobs:
-            k = j.header["part"][0]
-            want = [key for g, key in enumerate(shard_keys(first)) if g % n == k - 1]
-            total += len(want)
-            lacking_shards = [w for w in want if w not in j.sealed]
+        records, _ = read_journal(whole)
+        if records:  # step 1 was done: a merge was killed after it (or a one-run pack was interrupted)
+            job = PackJob(records[0], records[1:])
+            lacking_shards = [k for k in shard_keys(job.header) if k not in job.sealed]
             if lacking_shards:
-                s, i = lacking_shards[0]
-                raise PackError(f"{out}: part {k}/{n} is not finished ({len(lacking_shards)} shard(s) to write, e.g. "
-                                f"{fmt.shard_name(s, i)}); run it again ({j.header.get('command') or f'pack ... --part {k}/{n}'})")
-            sealed.update({w: j.sealed[w] for w in want})
-        manifests = assemble(out, first, sealed)
+                raise PackError(f"{out} holds an interrupted pack ({whole.name}, {len(lacking_shards)} shard(s) to write), "
+                                f"not a --part pack to merge; run it again to resume ({job.header.get('command') or 'pack ...'})")
+            for j, p in zip(jobs, paths):
+                if not _same_job(j.header, job.header, part=False):
+                    raise PackError(f"{p}: a part journal of another job beside the merged journal {whole.name}; "
+                                    "remove the one that does not belong, then merge again")
+        else:
+            if not paths:
+                raise PackError(f"{whole}: an empty or damaged job journal; pack again (with --overwrite)")
+            job = _merged_job(out, jobs, paths)
+            write_atomic_named(whole, b"".join(journal_line(r) for r in [job.header, *job.sealed.values()]))
         for p in paths:
             _remove(p)
-        return PackResult(manifests, status="packed", warnings=list(first["outputs"][0]["manifest"].get("warnings", [])),
-                          shards=total)
+        manifests = assemble(out, job.header, job.sealed)
+        _remove(whole)
+        return PackResult(manifests, status="packed", warnings=list(job.header["outputs"][0]["manifest"].get("warnings", [])),
+                          shards=len(job.sealed))
+
+
+def _merged_job(out: Path, jobs: list[PackJob], paths: list[Path]) -> PackJob:
+    """The one-run job that the parts' journals add up to (every part present and finished, of one job)."""
+    first = jobs[0].header
+    n = first["part"][1]
+    for j, p in zip(jobs, paths):
+        if not _same_job(j.header, first, part=False) or j.header["part"][1] != n:
+            raise PackError(f"{p}: part {j.header['part'][0]}/{j.header['part'][1]} was packed from other inputs or "
+                            f"options than {paths[0].name} ({_what_changed(first['options'], j.header['options'], first['inputs'], j.header['inputs'], first['fingerprint'] == j.header['fingerprint'])}); "
+                            "pack every part with the same command and inputs")
+    have = {j.header["part"][0] for j in jobs}
+    lacking = [k for k in range(1, n + 1) if k not in have]
+    if lacking:
+        raise PackError(f"{out}: part(s) {', '.join(f'{k}/{n}' for k in lacking)} missing; run them (pack ... --part K/{n} "
+                        f"into this folder, or copy their folders here), then merge again")
+    by_part = {j.header["part"][0]: j for j in jobs}
+    sealed: dict[tuple[str, int], dict[str, Any]] = {}
+    for g, key in enumerate(shard_keys(first)):
+        k = g % n + 1
+        rec = by_part[k].sealed.get(key)
+        if rec is None:
+            lacking_shards = [w for h, w in enumerate(shard_keys(first)) if h % n == k - 1 and w not in by_part[k].sealed]
+            s, i = lacking_shards[0]
+            raise PackError(f"{out}: part {k}/{n} is not finished ({len(lacking_shards)} shard(s) to write, e.g. "
+                            f"{fmt.shard_name(s, i)}); run it again ({by_part[k].header.get('command') or f'pack ... --part {k}/{n}'})")
+        sealed[key] = rec
+    header = {**first, "part": [1, 1], "command": f"ai8x-shards merge {out}"}
+    return PackJob(header, list(sealed.values()))
 
 
 __all__ = ["JOB_FILE", "PackResult", "Settings", "as_source", "merge", "our_files", "pack", "parse_part"]

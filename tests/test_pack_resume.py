@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from packtools import Kill, check_consistent, cli, run, run_killed, tree_bytes, write_npz
+from crashpoint import AGAIN, KILLED
+from packtools import Kill, check_consistent, cli, env, run, run_killed, tree_bytes, write_npz
 
 from shardwriter.synth import synth_aisegment, synth_imagefolder
 from shardwriter.verify import verify
@@ -121,3 +125,61 @@ def test_a_killed_merge_is_finished_by_merging_again(tmp_path: Path) -> None:
     assert tree_bytes(out) == tree_bytes(tmp_path / "ref")
     again = run(cli("merge", out), tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def _small(kind: str, tmp: Path) -> list[str]:
+    """Pack arguments (before OUT) of a small source: skipped inputs (shards rebuilt under new keys) or two outputs."""
+    if kind == "imagefolder":
+        synth_imagefolder(tmp / "raw", per_class=6, size=12)
+        for rel in ("bar/0001.png", "disc/0004.png"):
+            (tmp / "raw" / rel).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+        return ["imagefolder", str(tmp / "raw"), "--max-count", "4", "--skip-bad", "--quiet"]
+    synth_aisegment(tmp / "aiseg", images=6, seed=5)
+    return ["aisegment", str(tmp / "aiseg"), "--max-count", "2", "--test-fraction", "0.3", "--quiet"]
+
+
+def _every_crash_point(tmp: Path, start: Path | None, argv: list[str], finish: list[str], ref: dict[str, bytes]) -> int:
+    """Run ``argv`` (its OUT a copy of ``start``, or new) killed before its 1st, 2nd, ... file change; after each kill
+    the folder is consistent, ``finish`` (the command to run again) gives ``ref`` byte for byte and a further run has
+    nothing to do. The number of changes the command makes."""
+    k = 0
+    while True:
+        k += 1
+        out = tmp / f"k{k}"
+        if start is not None:
+            shutil.copytree(start, out)
+        code = f"import crashpoint; crashpoint.main({k}, {[*argv, str(out)]!r})"
+        got = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env(), capture_output=True, text=True, timeout=120)
+        if got.returncode == 0:  # no k-th change: every crash point was tried
+            assert tree_bytes(out) == ref
+            print(f"{argv[0]}: {k - 1} file changes, each one a crash point tried")
+            return k - 1
+        assert got.returncode == KILLED, got.stderr
+        check_consistent(out)
+        code = f"import crashpoint; crashpoint.again({[*finish, str(out)]!r})"
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env(), capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"killed before change {k}: {done.stderr}"
+        assert tree_bytes(out) == ref, f"killed before change {k}"
+        assert "nothing to do" in done.stdout.split(AGAIN)[1], f"killed before change {k}: {done.stdout}"
+        shutil.rmtree(out)
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "aisegment"])
+def test_a_merge_killed_before_any_of_its_file_changes_is_finished_by_merging_again(tmp_path: Path, kind: str) -> None:
+    """Every crash point of a merge, one run each (a kill between removing one part's journal and the next's once
+    left a folder that said a part was missing)."""
+    args = _small(kind, tmp_path)
+    assert run(cli("pack", *args, tmp_path / "ref"), tmp_path).returncode == 0
+    parts = tmp_path / "parts"
+    for k in (1, 2, 3):
+        assert run(cli("pack", *args, parts, "--part", f"{k}/3"), tmp_path).returncode == 0
+    changes = _every_crash_point(tmp_path, parts, ["merge"], ["merge"], tree_bytes(tmp_path / "ref"))
+    assert changes > 8, f"only {changes} file changes counted: the crash points are not being reached"
+
+
+def test_a_pack_killed_before_any_of_its_file_changes_is_resumed_by_packing_again(tmp_path: Path) -> None:
+    """Every crash point of a one-process pack, from the first temporary shard to the lock's removal."""
+    args = _small("imagefolder", tmp_path)
+    assert run(cli("pack", *args, tmp_path / "ref"), tmp_path).returncode == 0
+    changes = _every_crash_point(tmp_path, None, ["pack", *args], ["pack", *args], tree_bytes(tmp_path / "ref"))
+    assert changes > 8, f"only {changes} file changes counted: the crash points are not being reached"
