@@ -15,10 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from packtools import cli, env, journal_records, run, tree_bytes, write_npz
+from crashpoint import KILLED
+from packtools import Kill, cli, env, journal_records, run, run_killed, tree_bytes, write_npz
 
 from shardwriter import pack
 from shardwriter.job import read_journal
+from shardwriter.pack import JOB_FILE
 from shardwriter.sources import ImageFolderSource
 from shardwriter.synth import synth_aisegment, synth_imagefolder
 from shardwriter.verify import verify
@@ -131,6 +133,47 @@ def test_merge_refuses_parts_of_other_inputs_and_unfinished_parts(tmp_path: Path
     assert not (a / "manifest.json").exists()
     lone = tmp_path / "lone"
     assert run(cli("merge", lone), tmp_path).returncode == 2
+
+
+
+def _killed_after_combining(tmp: Path, parts: Path, out: Path) -> None:
+    """``out``: a copy of ``parts`` whose merge was killed after writing the combined journal, before removing any
+    part journal (found by killing it before its 1st, 2nd, ... file change)."""
+    for k in range(1, 20):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(parts, out)
+        code = f"import crashpoint; crashpoint.main({k}, ['merge', {str(out)!r}])"
+        assert subprocess.run([sys.executable, "-c", code], cwd=tmp, env=env(), timeout=120).returncode == KILLED
+        if (out / JOB_FILE).exists():
+            assert len(list(out.glob(JOB_FILE + "-*-of-2"))) == 2
+            return
+    raise AssertionError("the merge never got as far as its combined journal")
+
+
+def test_merge_refuses_a_folder_it_cannot_finish_naming_what_is_wrong(tmp_path: Path) -> None:
+    """An interrupted one-run pack is no merge to finish; a part journal of another job beside a half-done merge's
+    combined journal is named, and nothing is assembled."""
+    src, other = write_npz(tmp_path / "d.npz", 2000), write_npz(tmp_path / "e.npz", 2000, seed=9)  # 100 shards: time to kill
+    opts = ["--max-count", "20", "--quiet", "--name", "d"]
+    one = tmp_path / "one"
+    assert run_killed(cli("pack", "npz", src, one, *opts), tmp_path, one, Kill(records=2))
+    got = run(cli("merge", one), tmp_path)
+    assert got.returncode == 3 and "holds an interrupted pack" in got.stderr and "not a --part pack" in got.stderr
+    assert run(cli("pack", "npz", src, one, *opts), tmp_path).returncode == 0  # still resumable by its own command
+
+    parts, foreign = tmp_path / "parts", tmp_path / "foreign"
+    for k in (1, 2):
+        assert run(cli("pack", "npz", src, parts, *opts, "--part", f"{k}/2"), tmp_path).returncode == 0
+    assert run(cli("pack", "npz", other, foreign, *opts, "--part", "1/2"), tmp_path).returncode == 0
+    out = tmp_path / "out"
+    _killed_after_combining(tmp_path, parts, out)
+    shutil.copy(foreign / (JOB_FILE + "-1-of-2"), out / (JOB_FILE + "-1-of-2"))
+    got = run(cli("merge", out), tmp_path)
+    assert got.returncode == 3 and f"{JOB_FILE}-1-of-2: a part journal of another job" in got.stderr, got.stderr
+    assert not (out / "manifest.json").exists()
+    (out / (JOB_FILE + "-1-of-2")).unlink()  # the one that does not belong
+    assert run(cli("merge", out), tmp_path).returncode == 0
+    assert tree_bytes(out) == tree_bytes(one)
 
 
 # --------------------------------------------------------------------------- two packs at once
